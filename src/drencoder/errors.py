@@ -1,0 +1,28 @@
+"""The exceptions drencoder raises on purpose.
+
+Every message names the offending value, the valid range and, where there is one, the fix.
+``ConfigError`` subclasses ``ValueError`` so callers that already catch ``ValueError`` keep
+working; the CLI turns any ``DrencoderError`` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class DrencoderError(Exception):
+    """Base class of every error drencoder raises deliberately."""
+
+
+class ConfigError(DrencoderError, ValueError):
+    """A configuration value or argument is missing, malformed or out of range."""
+
+
+class BudgetExceeded(DrencoderError):
+    """The next privacy event would take a run past its target epsilon."""
+
+
+class AssetError(DrencoderError, FileNotFoundError):
+    """An embedded model or data set package is missing or unreadable."""
+
+
+class CheckpointError(DrencoderError):
+    """A checkpoint or run directory is missing, incomplete or inconsistent."""
