@@ -96,9 +96,7 @@ class Layout:
     def flatten(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate the state's tensors in layout order into one float32 vector."""
         self.check(state)
-        return torch.cat(
-            [state[b.key].detach().reshape(-1).to(torch.float32) for b in self.blocks]
-        )
+        return torch.cat([state[b.key].detach().reshape(-1).to(torch.float32) for b in self.blocks])
 
     def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inverse of :meth:`flatten` (returns views into ``vec``)."""
