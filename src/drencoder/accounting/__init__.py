@@ -1,0 +1,57 @@
+"""Privacy accounting: GDP (own), RDP and PLD (dp-accounting), a ledger, calibration.
+
+This package depends on numpy, scipy and dp-accounting only; it never imports torch, so
+``drencoder privacy`` starts fast and the accounting can be audited on its own.
+"""
+
+from drencoder.accounting.accountants import (
+    ALL_ACCOUNTANTS,
+    Accountant,
+    AccountingError,
+    delta_at,
+    epsilon,
+    epsilons,
+    parse_accountant,
+    rounds_event,
+)
+from drencoder.accounting.calibration import calibrate, calibrate_noise_multiplier
+from drencoder.accounting.events import (
+    event_from_json,
+    event_to_json,
+    gaussian_round,
+    gdp_mu,
+    repeated,
+)
+from drencoder.accounting.gdp import (
+    GdpApproximationWarning,
+    delta_from_mu,
+    epsilon_from_mu,
+    mu_full_participation,
+    mu_poisson,
+)
+from drencoder.accounting.ledger import Entry, PrivacyLedger
+
+__all__ = [
+    "ALL_ACCOUNTANTS",
+    "Accountant",
+    "AccountingError",
+    "Entry",
+    "GdpApproximationWarning",
+    "PrivacyLedger",
+    "calibrate",
+    "calibrate_noise_multiplier",
+    "delta_at",
+    "delta_from_mu",
+    "epsilon",
+    "epsilon_from_mu",
+    "epsilons",
+    "event_from_json",
+    "event_to_json",
+    "gaussian_round",
+    "gdp_mu",
+    "mu_full_participation",
+    "mu_poisson",
+    "parse_accountant",
+    "repeated",
+    "rounds_event",
+]
