@@ -21,14 +21,14 @@ $(STAMP): pyproject.toml requirements.txt requirements-assets.txt
 	@touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 test: lint
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/privacy_walkthrough.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
