@@ -106,6 +106,20 @@ class Layout:
             )
         return {b.key: vec[b.slice].view(b.shape) for b in self.blocks}
 
+    def restrict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of ``state`` this layout covers (e.g. the lora_B part of a full update).
+
+        Extra keys are dropped; a missing key raises ``ConfigError``. Shapes are checked.
+        """
+        missing = [b.key for b in self.blocks if b.key not in state]
+        if missing:
+            raise ConfigError(
+                f"state lacks {len(missing)} of the layout's keys, e.g. {missing[:3]}"
+            )
+        picked = {b.key: state[b.key] for b in self.blocks}
+        self.check(picked)
+        return picked
+
     def select(self, predicate) -> Layout:
         """A new layout with only the blocks whose key satisfies ``predicate``."""
         return Layout.from_shapes({b.key: b.shape for b in self.blocks if predicate(b.key)})
