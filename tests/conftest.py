@@ -72,3 +72,12 @@ def tiny_tokenizer():
 @pytest.fixture
 def tiny_model():
     return make_tiny_llama()
+
+
+@pytest.fixture
+def torch_threads():
+    """Use every core for the duration of a test that runs the real embedded model."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
