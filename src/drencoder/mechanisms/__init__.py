@@ -1,0 +1,29 @@
+"""Clipping, the one place DP noise is drawn, and the client-level Gaussian mechanism.
+
+Mechanisms describe themselves with ``dp_accounting`` events; composing them into ε is the
+job of :mod:`drencoder.accounting` (STYLE.md habit 1).
+"""
+
+from drencoder.mechanisms.clipping import check_clip_norm, clip_l2
+from drencoder.mechanisms.gaussian import GaussianMechanism, check_noise_multiplier
+from drencoder.mechanisms.noise import gaussian_noise
+from drencoder.mechanisms.options import (
+    Aggregation,
+    ClipPoint,
+    ConfigEnum,
+    NoisePlacement,
+    Sampling,
+)
+
+__all__ = [
+    "Aggregation",
+    "ClipPoint",
+    "ConfigEnum",
+    "GaussianMechanism",
+    "NoisePlacement",
+    "Sampling",
+    "check_clip_norm",
+    "check_noise_multiplier",
+    "clip_l2",
+    "gaussian_noise",
+]

@@ -1,0 +1,73 @@
+"""The privacy-relevant choices of a run, as explicit enums whose values are config strings.
+
+DESIGN.md §2 (stage 2) and STYLE.md habit 3: every choice that changes what is released or
+what the accountant may claim is a named value that appears in configs, logs and the ledger,
+never a silent default hidden in code. Parsing an unknown string raises ``ConfigError``
+listing the valid values: ``NoisePlacement("centre")`` fails loudly.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from drencoder.errors import ConfigError
+
+
+class ConfigEnum(StrEnum):
+    """A ``StrEnum`` whose failed lookup is a ``ConfigError`` naming the valid values."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> ConfigEnum:
+        valid = ", ".join(repr(m.value) for m in cls)
+        raise ConfigError(f"{cls.__name__} must be one of {valid}, got {value!r}")
+
+
+class NoisePlacement(ConfigEnum):
+    """Who adds the Gaussian noise of stage 2 (DESIGN.md §2, stage 2 step 5).
+
+    ``local`` (default): each client adds N(0, σ²C²I) to its clipped latent before upload;
+    the guarantee holds against the server itself, which knows who took part, so no
+    amplification by sampling is claimed. ``central``: clients upload clipped latents and the
+    aggregator adds N(0, σ²C²I) to their sum; valid only with a trusted aggregator or secure
+    aggregation, and then Poisson sampling amplifies the guarantee of the released model.
+    """
+
+    LOCAL = "local"
+    CENTRAL = "central"
+
+
+class ClipPoint(ConfigEnum):
+    """Where the update is clipped (DESIGN.md §2 stage 2 step 4, paper.md §5 D8).
+
+    ``latent`` (default, our reading): encode Δ, then clip and noise the latent z; the
+    sensitivity is that of what is transmitted. ``update``: clip and noise Δ itself in the
+    LoRA space (dimension d), then encode; encoding is then post-processing. Clipping Δ and
+    noising the latent would NOT be a valid mechanism for a non-Lipschitz encoder, so the
+    ``update`` choice means the whole Gaussian mechanism runs before encoding.
+    """
+
+    LATENT = "latent"
+    UPDATE = "update"
+
+
+class Aggregation(ConfigEnum):
+    """How the server combines messages (DESIGN.md §2 stage 2 step 6, paper.md §5 D10).
+
+    ``mean_then_decode`` (default): Dec(mean of latents). ``decode_then_mean``: mean of
+    Dec(latent) per client. Both are post-processing; they differ because Dec is nonlinear.
+    """
+
+    MEAN_THEN_DECODE = "mean_then_decode"
+    DECODE_THEN_MEAN = "decode_then_mean"
+
+
+class Sampling(ConfigEnum):
+    """How the server picks the clients of a round (DESIGN.md §2 stage 2 step 1).
+
+    ``poisson`` (default): every client takes part independently with probability q; this is
+    what the amplification-by-sampling analyses (RDP, PLD, GDP CLT) assume. ``fixed``: exactly
+    K clients; no amplification is claimed for it (see ``GaussianMechanism.dp_event``).
+    """
+
+    POISSON = "poisson"
+    FIXED = "fixed"
