@@ -1,0 +1,520 @@
+"""The run configuration: frozen dataclasses loaded from TOML, validated at load time.
+
+One TOML file, ``--set key=value`` overrides and named presets all feed one loader
+(STYLE habit 9). Keys are dotted paths (``privacy.clip_norm``); ``method``, ``rounds``,
+``clients``, ``target_epsilon``, ``delta`` and ``seed`` are top-level. Unknown keys are
+refused with the closest known key. Every error names the key, the value and what is
+allowed, as a ``ConfigError`` (exit code 2 in the CLI). Sections that are library settings
+(``[lora]`` = ``LoraSettings``, ``[local]`` = ``TrainSettings``) validate themselves;
+the others validate here. ``none`` (a TOML string) stands for "not set" where allowed.
+
+Precedence: defaults < preset < config file < ``--set``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from drencoder.codecs.training import DEFAULT_LR as AE_DEFAULT_LR
+from drencoder.codecs.training import DEFAULT_STEPS as AE_DEFAULT_STEPS
+from drencoder.data.examples import LossOn
+from drencoder.data.partition import Partitioning
+from drencoder.errors import ConfigError
+from drencoder.lora.settings import LoraSettings
+from drencoder.lora.training import TrainSettings
+from drencoder.mechanisms.options import (
+    Aggregation,
+    ClipPoint,
+    ConfigEnum,
+    NoisePlacement,
+    Sampling,
+)
+from drencoder.prior.pooling import Pooling
+from drencoder.prior.release import StatisticsRelease
+
+
+class Method(ConfigEnum):
+    """The five methods every comparison includes (DESIGN §5)."""
+
+    FEDAVG_LORA = "fedavg-lora"
+    DP_FEDAVG_LORA = "dp-fedavg-lora"
+    FFA_LORA_DP = "ffa-lora-dp"
+    DP_RANDOM_PROJECTION = "dp-random-projection"
+    DR_ENCODER = "dr-encoder"
+
+
+class Task(ConfigEnum):
+    SENTIMENT = "sentiment"
+    MMLU = "mmlu"
+
+
+class Architecture(ConfigEnum):
+    MLP = "mlp"
+    CONV = "conv"
+
+
+def _help(text: str, **checks: Any) -> dict[str, Any]:
+    return {"help": text, **checks}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = field(
+        default="smollm2-135m",
+        metadata=_help("Embedded model name (smollm2-135m, gemma3-270m) or a local HF folder."),
+    )
+    device: str = field(
+        default="cpu", metadata=_help("Torch device: cpu, cuda, cuda:N.", pattern="device")
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: Task = field(default=Task.SENTIMENT, metadata=_help("sentiment or mmlu."))
+    partition: Partitioning = field(
+        default=Partitioning.IID,
+        metadata=_help("How client data is split: iid, dirichlet, by_subject."),
+    )
+    dirichlet_alpha: float = field(
+        default=0.5, metadata=_help("Concentration of the Dirichlet partition.", gt=0)
+    )
+    examples_per_client: int = field(
+        default=64, metadata=_help("Fine-tuning examples each client holds.", ge=1)
+    )
+    max_length: int = field(
+        default=96, metadata=_help("Tokens per training example (prompt end kept).", ge=8)
+    )
+    max_chars: int = field(
+        default=160, metadata=_help("Sentiment texts are cut to this many characters.", ge=8)
+    )
+    batch_size: int = field(default=8, metadata=_help("Local batch size.", ge=1))
+    loss_on: LossOn = field(
+        default=LossOn.ANSWER,
+        metadata=_help("Training loss on the answer token only (answer) or the whole text (full)."),
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    questions: int = field(
+        default=64, metadata=_help("Fixed held-out questions scored (same set every time).", ge=1)
+    )
+    every: int = field(
+        default=1,
+        metadata=_help("Score every N rounds; 0 = only before and after training.", ge=0),
+    )
+    n_shot: int = field(default=0, metadata=_help("Few-shot exemplars in MMLU prompts.", ge=0))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    scheme: Sampling = field(
+        default=Sampling.POISSON, metadata=_help("poisson (rate q) or fixed (K per round).")
+    )
+    rate: float = field(
+        default=1.0, metadata=_help("Poisson sampling rate q; 1 = every client.", gt=0, le=1)
+    )
+    per_round: int = field(
+        default=4, metadata=_help("Clients per round with the fixed scheme.", ge=1)
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    lr: float = field(
+        default=1.0, metadata=_help("Server learning rate applied to the decoded update.", gt=0)
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    noise_multiplier: float | None = field(
+        default=None,
+        metadata=_help("sigma; none = calibrate from target_epsilon for the planned run.", gt=0),
+    )
+    clip_norm: float = field(default=1.0, metadata=_help("L2 clip norm C of what is noised.", gt=0))
+    placement: NoisePlacement = field(
+        default=NoisePlacement.LOCAL, metadata=_help("local (client adds noise) or central.")
+    )
+    clip_point: ClipPoint = field(
+        default=ClipPoint.LATENT, metadata=_help("Clip the latent (default) or the update.")
+    )
+    aggregation: Aggregation = field(
+        default=Aggregation.MEAN_THEN_DECODE,
+        metadata=_help("mean_then_decode (default) or decode_then_mean."),
+    )
+    accountant: str = field(
+        default="pld",
+        metadata=_help(
+            "Accountant for the budget stop and calibration.", choices=("gdp", "rdp", "pld")
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    warmup_steps: int | None = field(
+        default=None,
+        metadata=_help("Local warm-up steps per epoch; none = local.steps.", ge=1),
+    )
+    epochs: int = field(
+        default=1, metadata=_help("Warm-up epochs (one statistics set each).", ge=1)
+    )
+    release_noise: bool = field(
+        default=StatisticsRelease.enabled,
+        metadata=_help("Clip and noise the statistics before upload (DP)."),
+    )
+    clip_norm: float = field(
+        default=StatisticsRelease.clip_norm,
+        metadata=_help("Clip norm of a client's statistics vector.", gt=0),
+    )
+    noise_multiplier: float = field(
+        default=StatisticsRelease.noise_multiplier,
+        metadata=_help("Noise multiplier of the statistics release.", gt=0),
+    )
+    pooling: Pooling = field(default=Pooling.MEAN, metadata=_help("mean or mixture."))
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    compression_ratio: float = field(
+        default=1 / 64, metadata=_help("Latent size k = ratio x adapter dim.", gt=0, le=1)
+    )
+    architecture: Architecture = field(
+        default=Architecture.MLP, metadata=_help("Auto-encoder: mlp (chunked) or conv.")
+    )
+    chunk_size: int = field(
+        default=4096, metadata=_help("Chunk size of the MLP auto-encoder and projection.", ge=8)
+    )
+    train_steps: int = field(
+        default=AE_DEFAULT_STEPS,
+        metadata=_help("Auto-encoder training steps on prior samples.", ge=1),
+    )
+    lr: float = field(
+        default=AE_DEFAULT_LR, metadata=_help("Auto-encoder Adam learning rate.", gt=0)
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = field(default=1, metadata=_help("Checkpoint every N rounds.", ge=1))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: Method = field(default=Method.DR_ENCODER, metadata=_help("Which method to run."))
+    rounds: int = field(default=6, metadata=_help("Federated rounds.", ge=1))
+    clients: int = field(default=4, metadata=_help("Number of clients.", ge=1))
+    target_epsilon: float | None = field(
+        default=8.0, metadata=_help("Privacy budget; none = no budget stop.", gt=0)
+    )
+    delta: float = field(default=1e-5, metadata=_help("Target delta.", gt=0, lt=1))
+    seed: int = field(default=0, metadata=_help("Seed of every random choice of the run.", ge=0))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    local: TrainSettings = field(default_factory=lambda: TrainSettings(lr=5e-4, steps=2))
+    server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# --------------------------------------------------------------------------------------
+# Presets: dotted overrides applied before the config file.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "smoke": {
+        "rounds": 2,
+        "clients": 2,
+        "data.examples_per_client": 8,
+        "data.max_length": 48,
+        "data.max_chars": 60,
+        "data.batch_size": 4,
+        "eval.questions": 8,
+        "local.steps": 1,
+        "codec.train_steps": 30,
+    },
+}
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+def _closest(name: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _describe(tp: Any) -> str:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, tp: Any, value: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _coerce(key, args[0], value, meta)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[]", inner, v, {}) for v in value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except (ValueError, ConfigError):
+            raise ConfigError(f"{key} must be {_describe(tp)}, got {value!r}") from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    elif tp is str and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    _check_range(key, value, meta)
+    return value
+
+
+def _check_range(key: str, value: Any, meta: dict) -> None:
+    bounds = [
+        ("gt", ">", lambda a, b: a > b),
+        ("ge", ">=", lambda a, b: a >= b),
+        ("lt", "<", lambda a, b: a < b),
+        ("le", "<=", lambda a, b: a <= b),
+    ]
+    for name, _sym, ok in bounds:
+        if name in meta and not ok(value, meta[name]):
+            allowed = " and ".join(f"{s} {meta[n]:g}" for n, s, _ in bounds if n in meta)
+            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(
+            f"{key} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}"
+        )
+    if meta.get("pattern") == "device" and not (
+        value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit())
+    ):
+        raise ConfigError(f"{key} must be cpu, cuda or cuda:N, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, default: Any = None) -> Any:
+    """``cls`` from ``data``; keys absent from ``data`` keep the values of ``default``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{prefix.rstrip('.')}] must be a table, got {data!r}")
+    if default is None:
+        default = cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            known = sorted(fields)
+            raise ConfigError(
+                f"unknown config key {prefix + name!r}{_closest(name, known)}; "
+                f"known keys{' in [' + prefix.rstrip('.') + ']' if prefix else ''}: "
+                f"{', '.join(known)}"
+            )
+    kwargs = {}
+    for name, value in data.items():
+        tp, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            sub_default = getattr(default, name) if default is not None else None
+            kwargs[name] = _build(tp, value, key + ".", sub_default)
+        else:
+            kwargs[name] = _coerce(key, tp, value, dict(fields[name].metadata))
+    try:
+        return dataclasses.replace(default, **kwargs)
+    except ConfigError as exc:
+        section = prefix.rstrip(".") or "run"
+        raise ConfigError(f"[{section}] {exc}") from None
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"malformed config key {key!r}: use dotted names like privacy.clip_norm")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            _merge(base, value, f"{prefix}{key}.")
+        else:
+            _set_dotted(base, prefix + key, value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value; bare words are strings (``method=dr-encoder``)."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set needs key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    preset: str = "default",
+) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a preset, a TOML file and overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    tree: dict[str, Any] = {}
+    for key, value in PRESETS[preset].items():
+        _set_dotted(tree, key, value)
+    explicit: set[str] = set()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _merge(tree, data)
+        explicit |= set(_flatten(data))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+        explicit.add(key)
+    config = _build(RunConfig, tree, "")
+    return _apply_method(config, explicit)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _apply_method(config: RunConfig, explicit: set[str]) -> RunConfig:
+    """Cross-field rules: FFA-LoRA freezes lora_A; fedavg-lora has no budget."""
+    if config.method is Method.FFA_LORA_DP and config.lora.train_a:
+        if "lora.train_a" in explicit:
+            raise ConfigError("lora.train_a must be false for method 'ffa-lora-dp' (FFA-LoRA)")
+        config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, train_a=False))
+    elif config.method is not Method.FFA_LORA_DP and not config.lora.train_a:
+        raise ConfigError(
+            "lora.train_a = false is FFA-LoRA: use method 'ffa-lora-dp', "
+            f"got {config.method.value!r}"
+        )
+    if config.method is Method.FEDAVG_LORA:
+        if "target_epsilon" in explicit and config.target_epsilon is not None:
+            raise ConfigError(
+                "method 'fedavg-lora' adds no noise, so it has no epsilon: "
+                "drop target_epsilon or pick a DP method"
+            )
+        config = dataclasses.replace(config, target_epsilon=None)
+    if (
+        config.method is not Method.FEDAVG_LORA
+        and config.target_epsilon is None
+        and config.privacy.noise_multiplier is None
+    ):
+        raise ConfigError(
+            f"method {config.method.value!r} needs privacy.noise_multiplier or target_epsilon "
+            "(to calibrate it); both are none"
+        )
+    if (
+        config.privacy.placement is NoisePlacement.CENTRAL
+        and config.privacy.aggregation is Aggregation.DECODE_THEN_MEAN
+    ):
+        raise ConfigError(
+            "privacy.aggregation = decode_then_mean needs privacy.placement = local: central "
+            "noise is added once to the sum of latents, so there is nothing to decode per client"
+        )
+    if config.sampling.scheme is Sampling.FIXED and config.sampling.per_round > config.clients:
+        raise ConfigError(
+            f"sampling.per_round must be <= clients ({config.clients}), "
+            f"got {config.sampling.per_round}"
+        )
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A TOML-ready dict: enums as strings, tuples as lists, None as ``"none"``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, enum.Enum):
+            out[f.name] = value.value
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        elif value is None:
+            out[f.name] = "none"
+        else:
+            out[f.name] = value
+    return out
+
+
+def dump_toml(config: RunConfig) -> str:
+    data = to_dict(config)
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    sections = {k: v for k, v in data.items() if isinstance(v, dict)}
+    return tomli_w.dumps({**top, **sections})
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """``(dotted key, default, help)`` for every key, for ``--help`` and the docs."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(cls: type, instance: Any, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            value = getattr(instance, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(type(value), value, prefix + f.name + ".")
+            else:
+                default = (
+                    value.value
+                    if isinstance(value, enum.Enum)
+                    else "none"
+                    if value is None
+                    else value
+                )
+                rows.append((prefix + f.name, str(default), f.metadata.get("help", "")))
+
+    walk(RunConfig, RunConfig(), "")
+    return rows
