@@ -464,6 +464,15 @@ def _apply_method(config: RunConfig, explicit: set[str]) -> RunConfig:
             "privacy.aggregation = decode_then_mean needs privacy.placement = local: central "
             "noise is added once to the sum of latents, so there is nothing to decode per client"
         )
+    if (
+        config.privacy.placement is NoisePlacement.CENTRAL
+        and config.privacy.clip_point is ClipPoint.UPDATE
+    ):
+        raise ConfigError(
+            "privacy.clip_point = update needs privacy.placement = local: central noise is "
+            "added to the sum of latents, whose sensitivity is only bounded when the latent "
+            "itself is clipped"
+        )
     if config.sampling.scheme is Sampling.FIXED and config.sampling.per_round > config.clients:
         raise ConfigError(
             f"sampling.per_round must be <= clients ({config.clients}), "

@@ -81,7 +81,9 @@ class RandomProjectionCodec(Codec):
             _matrices = _projection_matrices(
                 rows=self.chunk_latent, cols=self.chunker.chunk_size, seed=self.seed
             )
-        self.matrix, self.pinv = _matrices
+        # Contiguous, so a freshly built codec and one loaded from disk run the same
+        # matmul kernels and give bit-identical results.
+        self.matrix, self.pinv = (m.contiguous() for m in _matrices)
         expected = (self.chunk_latent, self.chunker.chunk_size)
         if tuple(self.matrix.shape) != expected or tuple(self.pinv.shape) != expected[::-1]:
             raise ConfigError(

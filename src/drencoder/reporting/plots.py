@@ -17,6 +17,11 @@ def _rounds(rows: Sequence[dict], kind: str) -> list[dict]:
     return [r for r in rows if r.get("kind") == kind]
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+
+
 def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
     """Write utility/loss, epsilon and bytes plots; returns ``{name: file name}``."""
     out_dir = Path(out_dir)
@@ -36,7 +41,7 @@ def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
             [r["round"] for r in evals], [r["heldout_loss"] for r in evals], "s--", label="held-out"
         )
     ax2.set(xlabel="round", ylabel="loss", title="loss")
-    ax2.legend()
+    _legend(ax2)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "utility.png", dpi=110)
@@ -49,7 +54,9 @@ def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
         if pts:
             ax.plot(*zip(*pts, strict=True), "o-", label=name)
     ax.set(xlabel="round", ylabel="epsilon (worst client)", title="privacy spent")
-    ax.legend()
+    if not any(r.get("epsilon") for r in rounds):
+        ax.text(0.5, 0.5, "no noise: no DP guarantee", ha="center", transform=ax.transAxes)
+    _legend(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "epsilon.png", dpi=110)
@@ -63,7 +70,7 @@ def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
         ax.bar([x + 0.2 for x in xs], [r["bytes_down"] for r in rounds], 0.4, label="downlink")
         ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="bytes", title="communication per round")
-    ax.legend()
+    _legend(ax)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(out_dir / "bytes.png", dpi=110)

@@ -1,0 +1,51 @@
+"""The five methods of DESIGN §5 as data: what each sends and whether it is private.
+
+| method                 | codec on the uplink            | DP  | uplink blocks | stage 1 |
+|------------------------|--------------------------------|-----|---------------|---------|
+| fedavg-lora            | identity (full LoRA update)    | no  | A and B       | no      |
+| dp-fedavg-lora         | identity, clipped + noised     | yes | A and B       | no      |
+| ffa-lora-dp            | identity, clipped + noised     | yes | B only        | no      |
+| dp-random-projection   | seeded random projection to k  | yes | A and B       | no      |
+| dr-encoder             | random-prior auto-encoder to k | yes | A and B       | yes     |
+
+One table drives the simulator: adding a method is adding a row, not a branch.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from drencoder.config import Method
+from drencoder.lora.settings import SentBlocks
+
+
+class CodecKind(enum.StrEnum):
+    IDENTITY = "identity"
+    PROJECTION = "random-projection"
+    AUTOENCODER = "autoencoder"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    method: Method
+    codec: CodecKind
+    private: bool
+    sent: SentBlocks
+    stage1: bool
+
+
+METHODS: dict[Method, MethodSpec] = {
+    spec.method: spec
+    for spec in (
+        MethodSpec(Method.FEDAVG_LORA, CodecKind.IDENTITY, False, SentBlocks.ALL, False),
+        MethodSpec(Method.DP_FEDAVG_LORA, CodecKind.IDENTITY, True, SentBlocks.ALL, False),
+        MethodSpec(Method.FFA_LORA_DP, CodecKind.IDENTITY, True, SentBlocks.B_ONLY, False),
+        MethodSpec(Method.DP_RANDOM_PROJECTION, CodecKind.PROJECTION, True, SentBlocks.ALL, False),
+        MethodSpec(Method.DR_ENCODER, CodecKind.AUTOENCODER, True, SentBlocks.ALL, True),
+    )
+}
+
+
+def spec_for(method: Method | str) -> MethodSpec:
+    return METHODS[Method(method)]

@@ -1,0 +1,191 @@
+"""The simulator on a tiny random model: every method, resume, budget stop, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from conftest import make_tiny_llama, make_tiny_tokenizer
+from drencoder.config import load_config
+from drencoder.federated import simulator as sim_mod
+from drencoder.federated.simulator import Simulator
+
+pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
+
+BASE = ["rounds=3", "clients=3", "local.lr=0.01", "eval.questions=4", "eval.every=0"]
+
+
+def make(tmp_path, *overrides, name="run", hook=None):
+    cfg = load_config(preset="smoke", overrides=[*BASE, *overrides])
+    return Simulator(
+        cfg,
+        tmp_path / name,
+        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        progress=False,
+        hook=hook,
+    )
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["fedavg-lora", "dp-fedavg-lora", "ffa-lora-dp", "dp-random-projection", "dr-encoder"],
+)
+def test_every_method_runs_and_writes_the_run_directory(tmp_path, method):
+    sim = make(tmp_path, f"method={method}")
+    summary = sim.run()
+    run = sim.run_dir
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "report.md",
+        "summary.json",
+        "utility.png",
+        "epsilon.png",
+        "bytes.png",
+        "adapter/adapter_model.safetensors",
+    ):
+        assert (run / name).exists(), name
+    metrics = rows(run)
+    rounds = [r for r in metrics if r["kind"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert {"loss", "epsilon", "bytes_up", "bytes_down", "seconds"} <= set(r)
+    evals = [r for r in metrics if r["kind"] == "eval"]
+    assert [e["round"] for e in evals] == [0, 3]
+    if method == "fedavg-lora":
+        assert summary["privacy"] == {"private": False}
+        assert rounds[-1]["epsilon"] is None
+    else:
+        eps = rounds[-1]["epsilon"]
+        assert set(eps) == {"gdp", "rdp", "pld"}
+        assert eps["pld"] <= 8.0  # calibrated to the default target
+    assert (method == "dr-encoder") == any(r["kind"] == "stage1" for r in metrics)
+    dim = sim.layout.dim
+    if method in ("dp-random-projection", "dr-encoder"):
+        assert summary["communication"]["latent_dim"] < dim
+    assert "## Privacy" in (run / "report.md").read_text()
+
+
+def test_ffa_lora_sends_only_b_and_keeps_a_frozen(tmp_path):
+    sim = make(tmp_path, "method=ffa-lora-dp")
+    before = dict(sim.global_state)
+    sim.run()
+    assert all(".lora_B." in k for k in sim.layout.keys)
+    for k, v in sim.global_state.items():
+        if ".lora_A." in k:
+            assert torch.equal(v, before[k])
+
+
+def test_adapter_loads_with_peft(tmp_path):
+    sim = make(tmp_path, "method=dp-fedavg-lora")
+    sim.run()
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), sim.run_dir / "adapter")
+    state = {k.replace(".default", ""): v for k, v in loaded.state_dict().items() if "lora_" in k}
+    for key, value in sim.global_state.items():
+        assert torch.equal(state[key], value)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["dr-encoder", "dp-random-projection"])
+def test_resume_after_a_kill_mid_round_is_bit_identical(tmp_path, method):
+    full = make(tmp_path, f"method={method}", name="full")
+    full.run()
+
+    def kill(event, **info):
+        if event == "client_done" and info["round"] == 2:
+            raise Killed
+
+    broken = make(tmp_path, f"method={method}", name="broken", hook=kill)
+    with pytest.raises(Killed):
+        broken.run()
+    resumed = Simulator.resume(
+        tmp_path / "broken",
+        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        progress=False,
+    )
+    assert resumed.round == 1
+    resumed.run()
+    a = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "broken" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.ledger == full.ledger
+    assert len(resumed.ledger.entries) == len(full.ledger.entries)  # no round charged twice
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k != "seconds" and "seconds" not in k} for r in rs]
+
+    assert strip(rows(tmp_path / "broken")) == strip(rows(tmp_path / "full"))
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path):
+    sim = make(tmp_path, "method=dp-fedavg-lora")
+    sim.run()
+    before = (sim.run_dir / "metrics.jsonl").read_text()
+    again = Simulator.resume(
+        sim.run_dir, model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()), progress=False
+    )
+    again.run()
+    assert (sim.run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_budget_stop_before_a_round_that_would_exceed(tmp_path):
+    # sigma fixed at 2 (mu = 1/2 per round): eps(pld) after 1, 2, 3 rounds is about
+    # 1.8, 2.7, 3.4 at delta=1e-5, so a target of 3 allows exactly two rounds.
+    sim = make(
+        tmp_path, "method=dp-fedavg-lora", "privacy.noise_multiplier=2.0", "target_epsilon=3.0"
+    )
+    summary = sim.run()
+    assert summary["rounds_done"] == 2
+    assert "Stopped before round 3" in summary["stop_reason"]
+    assert sim.ledger.epsilon("pld") <= 3.0
+    assert len([e for e in sim.ledger.entries if e.kind == "round"]) == 2
+
+
+def test_local_noise_charges_participants_only(tmp_path):
+    sim = make(
+        tmp_path,
+        "method=dp-fedavg-lora",
+        "sampling.rate=0.5",
+        "clients=4",
+        "privacy.noise_multiplier=3.0",
+        "target_epsilon=none",
+    )
+    sim.run()
+    took_part = {}
+    for r in (r for r in sim.rows if r["kind"] == "round"):
+        for c in r["participants"]:
+            took_part[c] = took_part.get(c, 0) + 1
+    assert sim.ledger.participation() == took_part
+
+
+def test_clients_share_one_base_model(tmp_path, monkeypatch):
+    seen = []
+    real = sim_mod.local_update
+
+    def spy(model, *args, **kwargs):
+        seen.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(sim_mod, "local_update", spy)
+    sim = make(tmp_path, "method=dp-fedavg-lora")
+    sim.run()
+    assert len(seen) == 3 * 3
+    assert all(m is sim.model for m in seen)
+
+
+def test_existing_run_directory_is_refused(tmp_path):
+    make(tmp_path, "method=fedavg-lora").run()
+    with pytest.raises(Exception, match="already holds a run"):
+        make(tmp_path, "method=fedavg-lora").run()
