@@ -507,23 +507,19 @@ def dump_toml(config: RunConfig) -> str:
 
 
 def describe_keys() -> list[tuple[str, str, str]]:
-    """``(dotted key, default, help)`` for every key, for ``--help`` and the docs."""
+    """``(dotted key, default as TOML, help)`` for every key, for the docs."""
     rows: list[tuple[str, str, str]] = []
 
-    def walk(cls: type, instance: Any, prefix: str) -> None:
-        for f in dataclasses.fields(cls):
+    def walk(instance: Any, prefix: str) -> None:
+        values = to_dict(instance)
+        for f in dataclasses.fields(instance):
             value = getattr(instance, f.name)
             if dataclasses.is_dataclass(value):
-                walk(type(value), value, prefix + f.name + ".")
+                walk(value, prefix + f.name + ".")
             else:
-                default = (
-                    value.value
-                    if isinstance(value, enum.Enum)
-                    else "none"
-                    if value is None
-                    else value
-                )
-                rows.append((prefix + f.name, str(default), f.metadata.get("help", "")))
+                shown = " ".join(tomli_w.dumps({"v": values[f.name]}).split())[4:]
+                shown = shown.replace("[ ", "[").replace(", ]", "]")
+                rows.append((prefix + f.name, shown, f.metadata.get("help", "")))
 
-    walk(RunConfig, RunConfig(), "")
+    walk(RunConfig(), "")
     return rows

@@ -1,0 +1,28 @@
+import pytest
+
+from drencoder.cli.main import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--set", "rounds=0", "--out", "x"], "rounds must be >= 1"),
+        (["--set", "privacy.clipnorm=1", "--out", "x"], "did you mean 'clip_norm'"),
+        (["--preset", "nope", "--out", "x"], "unknown preset"),
+        (["--config", "missing.toml", "--out", "x"], "config file not found"),
+        (["--resume", "no-such-run"], "not a drencoder run directory"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *argv]) == 2
+    _, err = capsys.readouterr()
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_out_or_resume_is_required(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run"])
+    assert exc.value.code == 2
+    assert "--out" in capsys.readouterr().err

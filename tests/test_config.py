@@ -1,0 +1,80 @@
+import pytest
+
+from drencoder.config import Method, dump_toml, load_config
+from drencoder.errors import ConfigError
+from drencoder.mechanisms import NoisePlacement
+
+
+def test_defaults_are_the_embedded_demo():
+    c = load_config()
+    assert c.method is Method.DR_ENCODER
+    assert c.target_epsilon == 8.0 and c.delta == 1e-5
+    assert 4 <= c.clients <= 8
+    assert c.model.name == "smollm2-135m"
+    assert c.privacy.placement is NoisePlacement.LOCAL
+
+
+def test_precedence_preset_file_set(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("rounds = 5\n[privacy]\nclip_norm = 0.5\n[local]\nlr = 0.01\n")
+    c = load_config(path, overrides=["rounds=7"], preset="smoke")
+    assert c.rounds == 7  # --set beats the file
+    assert c.privacy.clip_norm == 0.5  # file beats the default
+    assert c.clients == 2  # preset value kept
+    assert c.local.lr == 0.01 and c.local.steps == 1  # partial section keeps the rest
+
+
+def test_resolved_toml_round_trips(tmp_path):
+    c = load_config(overrides=["target_epsilon=none", "privacy.noise_multiplier=1.5"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(dump_toml(c))
+    assert load_config(path) == c
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("privacy.placment=local", "did you mean 'placement'"),
+        ("rounds=0", "rounds must be >= 1, got 0"),
+        ("rounds=2.5", "rounds must be an integer, got 2.5"),
+        ("delta=1.5", "delta must be > 0 and < 1, got 1.5"),
+        ("privacy.placement=trusted", "one of 'local', 'central'"),
+        ("method=dp-sgd", "method must be one of"),
+        ("lora.rank=0", "rank"),
+        ("model.device=gpu", "cpu, cuda or cuda:N"),
+        ("sampling.rate=0", "sampling.rate must be > 0"),
+        ("privacy.accountant=prv", "'gdp', 'rdp', 'pld'"),
+        ("lora=3", "must be a table"),
+        ("rounds", "key=value"),
+    ],
+)
+def test_errors_name_key_value_and_allowed(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=[override])
+    assert message in str(exc.value)
+
+
+def test_cross_field_rules():
+    assert load_config(overrides=["method=ffa-lora-dp"]).lora.train_a is False
+    with pytest.raises(ConfigError, match="train_a must be false"):
+        load_config(overrides=["method=ffa-lora-dp", "lora.train_a=true"])
+    with pytest.raises(ConfigError, match="no epsilon"):
+        load_config(overrides=["method=fedavg-lora", "target_epsilon=3"])
+    assert load_config(overrides=["method=fedavg-lora"]).target_epsilon is None
+    with pytest.raises(ConfigError, match="needs privacy.noise_multiplier or target_epsilon"):
+        load_config(overrides=["target_epsilon=none"])
+    with pytest.raises(ConfigError, match="needs privacy.placement = local"):
+        load_config(overrides=["privacy.placement=central", "privacy.aggregation=decode_then_mean"])
+    with pytest.raises(ConfigError, match="per_round must be <= clients"):
+        load_config(overrides=["sampling.scheme=fixed", "sampling.per_round=9"])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rounds = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(preset="huge")
