@@ -17,6 +17,7 @@ from dp_accounting import dp_event
 from scipy import optimize
 
 from drencoder.accounting import accountants as acc
+from drencoder.accounting import events
 from drencoder.accounting.gdp import GdpApproximationWarning, warn_clt
 from drencoder.errors import ConfigError
 
@@ -39,8 +40,11 @@ def calibrate(
     if not (0 < rtol < 1):
         raise ConfigError(f"rtol must be in (0, 1), got rtol={rtol!r}")
     approx = False
+    # Without subsampling, GDP composition is exact and PLD is a numerical approximation
+    # of the same curve: search with the closed form, then confirm under PLD below.
+    search = acc.Accountant.GDP if _exact_in_gdp(make_event, accountant) else accountant
 
-    def eps(sigma: float) -> float:
+    def eps(sigma: float, accountant: acc.Accountant = search) -> float:
         nonlocal approx
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", GdpApproximationWarning)
@@ -75,9 +79,21 @@ def calibrate(
         while eps(sigma) > target_epsilon:
             sigma *= 1 + rtol / 4
         hi = min(hi, sigma)
+    while search is not accountant and eps(hi, accountant) > target_epsilon:
+        hi *= 1 + rtol / 4
     if approx:
         warn_clt(stacklevel=2)
     return hi
+
+
+def _exact_in_gdp(make_event: Callable[[float], dp_event.DpEvent], accountant) -> bool:
+    if accountant is not acc.Accountant.PLD:
+        return False
+    try:
+        mu, approx = events.gdp_mu(make_event(1.0))
+    except ConfigError:
+        return False
+    return not approx and math.isfinite(mu)
 
 
 def calibrate_noise_multiplier(
