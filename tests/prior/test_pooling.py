@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from drencoder.errors import ConfigError
 from drencoder.lora.layout import Layout
@@ -83,3 +84,18 @@ def test_validation():
             components=(BlockStatistics(layout=LAYOUT, means=[0, 0], stds=[1, 1]),),
             weights=(0.5,),
         )
+
+
+def test_projection_onto_the_clip_ball_bounds_a_noisy_prior():
+    layout = Layout.from_shapes({"a": (4, 4), "b": (4, 4)})
+    gen = torch.Generator().manual_seed(0)
+    noisy = [
+        ClientStatistics.of([torch.randn(layout.dim, generator=gen)], layout=layout)
+        for _ in range(3)
+    ]
+    free = pool_statistics(noisy)
+    bounded = pool_statistics(noisy, clip_norm=0.01)
+    for f, b in zip(free.components, bounded.components, strict=True):
+        assert float(torch.cat([b.means, b.stds]).norm()) <= 0.01 * (1 + 1e-6)
+        ratio = b.means / f.means  # a pure rescaling: directions are kept
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)

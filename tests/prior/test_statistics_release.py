@@ -60,7 +60,7 @@ def test_events():
     assert StatisticsRelease(noise_multiplier=0.0).dp_event() == dp_accounting.NonPrivateDpEvent()
     assert StatisticsRelease().to_dict() == {
         "enabled": True,
-        "clip_norm": 0.1,
+        "clip_norm": 0.02,
         "noise_multiplier": 5.0,
         "std_floor": 1e-8,
     }

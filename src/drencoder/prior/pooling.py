@@ -16,6 +16,13 @@ The pooled prior is a *mixture of per-block Gaussians*: a tuple of components (e
 biased upwards; passing τ subtracts τ² from the (mean) square before the root, floored at
 ``std_floor²``. The correction is exact in expectation only where the release's std floor
 did not bind. Pooling is post-processing of released values: it costs no privacy.
+
+``clip_norm``: every client clipped its statistics vector (means and stds) to L2 norm
+C_s before noising, so the true pooled statistics of each component lie in the ball of
+radius C_s (the ball is convex and the pooled vector is an average of vectors in it). With
+few clients the released values are dominated by noise; projecting each pooled component
+back onto that ball moves it towards the truth and bounds how far a noisy prior (and a
+decoder's de-normalisation built from it) can stray. Also post-processing.
 """
 
 from __future__ import annotations
@@ -113,8 +120,38 @@ def pool_statistics(
     method: Pooling = Pooling.MEAN,
     released_noise_std: float = 0.0,
     std_floor: float = 1e-8,
+    clip_norm: float | None = None,
 ) -> PooledStatistics:
-    """Pool the clients' (released) statistics into the prior the server samples from."""
+    """Pool the clients' (released) statistics into the prior the server samples from.
+
+    ``clip_norm``: project every pooled component onto the ball of that radius (see the
+    module docstring); None leaves the components as pooled.
+    """
+    pooled = _pool(
+        clients, method=method, released_noise_std=released_noise_std, std_floor=std_floor
+    )
+    if clip_norm is None:
+        return pooled
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise ConfigError(f"clip_norm must be a finite number > 0, got clip_norm={clip_norm!r}")
+    comps = []
+    for c in pooled.components:
+        norm = float(torch.cat([c.means.double(), c.stds.double()]).norm())
+        scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+        stds = (c.stds.double() * scale).clamp(min=std_floor).float()
+        comps.append(
+            BlockStatistics(layout=c.layout, means=(c.means.double() * scale).float(), stds=stds)
+        )
+    return PooledStatistics(components=tuple(comps), weights=pooled.weights)
+
+
+def _pool(
+    clients: Sequence[ClientStatistics],
+    *,
+    method: Pooling,
+    released_noise_std: float,
+    std_floor: float,
+) -> PooledStatistics:
     method = Pooling(method)
     clients = list(clients)
     tau, floor = float(released_noise_std), float(std_floor)
