@@ -26,6 +26,7 @@ from typing import Any
 
 import tomli_w
 
+from drencoder.codecs.autoencoder import Normalization
 from drencoder.codecs.training import DEFAULT_LR as AE_DEFAULT_LR
 from drencoder.codecs.training import DEFAULT_STEPS as AE_DEFAULT_STEPS
 from drencoder.data.examples import LossOn
@@ -196,6 +197,13 @@ class CodecConfig:
     )
     chunk_size: int = field(
         default=4096, metadata=_help("Chunk size of the MLP auto-encoder and projection.", ge=8)
+    )
+    normalization: Normalization = field(
+        default=Normalization.GLOBAL,
+        metadata=_help(
+            "Auto-encoder input scaling from the prior: global (one scale), block "
+            "(per-matrix mean/std) or none."
+        ),
     )
     train_steps: int = field(
         default=AE_DEFAULT_STEPS,

@@ -32,8 +32,6 @@ class ClientResult:
     losses: list[float]
     update_norm: float
     """‖Δ‖ before anything: a local diagnostic, never uploaded."""
-    reconstruction: tuple[float, float] | None = None
-    """(relative error, cosine) of Dec(Enc(Δ)) against Δ: a local diagnostic only."""
 
 
 def local_update(
@@ -54,17 +52,6 @@ def local_update(
     assert_adapter_changed(global_state, after, keys=layout.keys)
     delta = adapter_delta(global_state, after)
     return layout.flatten(layout.restrict(delta)), losses
-
-
-def reconstruction_quality(codec: Codec, update: torch.Tensor) -> tuple[float, float]:
-    """Relative error and cosine of the codec's round trip on one real update."""
-    rebuilt = codec.decode(codec.encode(update))
-    norm = float(update.norm())
-    if norm == 0:
-        return 0.0, 1.0
-    rel = float((update - rebuilt).norm()) / norm
-    cos = float(torch.nn.functional.cosine_similarity(update, rebuilt, dim=0))
-    return rel, cos
 
 
 def make_message(

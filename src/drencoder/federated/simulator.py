@@ -24,15 +24,17 @@ from tqdm.auto import tqdm
 
 from drencoder import accounting
 from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec, load_codec
+from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig, dump_toml, load_config
 from drencoder.errors import BudgetExceeded, CheckpointError, ConfigError
-from drencoder.evaluation import eval_record, heldout_loss, score_multiple_choice
+from drencoder.evaluation import eval_record, score_multiple_choice
 from drencoder.federated import budget
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from drencoder.federated.client import local_update, make_message, reconstruction_quality
+from drencoder.federated.client import local_update, make_message
 from drencoder.federated.methods import CodecKind, spec_for
 from drencoder.federated.sampling import sample_clients
 from drencoder.federated.server import aggregate
+from drencoder.federated.stage1 import release_for, run_stage1
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
     adapter_layout,
@@ -42,7 +44,6 @@ from drencoder.lora import (
     set_adapter_state,
 )
 from drencoder.mechanisms import GaussianMechanism
-from drencoder.prior import StatisticsRelease
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
 
@@ -92,11 +93,7 @@ class Simulator:
             name: torch.Generator().manual_seed(derive_seed(config.seed, name))
             for name in GENERATORS
         }
-        self.release = StatisticsRelease(
-            enabled=config.stage1.release_noise,
-            clip_norm=config.stage1.clip_norm,
-            noise_multiplier=config.stage1.noise_multiplier,
-        )
+        self.release = release_for(config)
         self.ledger = accounting.PrivacyLedger(delta=config.delta)
         self.codec: Codec | None = None
         self.noise_multiplier: float | None = None
@@ -147,8 +144,6 @@ class Simulator:
                 chunk_size=c.chunk_size,
                 seed=derive_seed(self.config.seed, "projection"),
             )
-        from drencoder.federated.stage1 import run_stage1
-
         result = run_stage1(
             self.model,
             self.global_state,
@@ -204,13 +199,6 @@ class Simulator:
             batch_size=self.config.data.batch_size,
             progress=self.progress,
         )
-        loss = heldout_loss(
-            self.model,
-            w.eval_examples,
-            pad_token_id=w.pad_token_id,
-            batch_size=self.config.data.batch_size,
-            progress=self.progress,
-        )
         eps = self._epsilons()
         record = eval_record(
             mc,
@@ -225,7 +213,10 @@ class Simulator:
             "kind": "eval",
             "round": self.round,
             "accuracy": mc.accuracy,
-            "heldout_loss": loss.mean_nll,
+            # Answer-only held-out loss: the mean NLL of the correct answer token, which
+            # the scorer already computed (held-out loss on the same examples would
+            # recompute exactly this, see docs/data.md).
+            "heldout_loss": -mc.mean_logprob_correct,
             "questions": mc.n_questions,
             **{k: v for k, v in record.items() if k not in ("accuracy",)},
         }
@@ -373,7 +364,8 @@ class Simulator:
             losses.extend(client_losses)
             norms.append(float(update.norm()))
             if self.spec.codec is not CodecKind.IDENTITY:
-                recon.append(reconstruction_quality(self.codec, update))
+                r = reconstruction(self.codec, update.unsqueeze(0))
+                recon.append((r.rel_error, r.cosine))
             messages.append(
                 make_message(
                     update,

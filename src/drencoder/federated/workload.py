@@ -49,8 +49,6 @@ class Workload:
     clients: list[list[dict]]
     """Tokenized fine-tuning examples, one list per client."""
     eval_items: list[MCItem]
-    eval_examples: list[dict]
-    """The evaluation items as tokenized examples (answer-only loss), for held-out loss."""
     pad_token_id: int
     exemplars: Mapping[str, Sequence[MCItem]] | None = None
     description: dict = field(default_factory=dict)
@@ -133,7 +131,6 @@ def build_workload(config: RunConfig, tokenizer) -> Workload:
                 items, tokenizer, fmt=fmt, max_length=data.max_length, loss_on=data.loss_on
             )
         )
-    eval_examples = build_examples(eval_items, tokenizer, fmt=fmt, max_length=data.max_length)
     description.update(
         {
             "examples_per_client": [len(c) for c in clients],
@@ -146,7 +143,6 @@ def build_workload(config: RunConfig, tokenizer) -> Workload:
         fmt=fmt,
         clients=clients,
         eval_items=eval_items,
-        eval_examples=eval_examples,
         pad_token_id=pad_token_id(tokenizer),
         exemplars=exemplars,
         description=description,
