@@ -46,6 +46,7 @@ from drencoder.lora import (
 from drencoder.mechanisms import GaussianMechanism
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
+_UNRELEASED = ("statistics_norms", "clipped_clients")
 
 
 def derive_seed(seed: int, name: str) -> int:
@@ -167,7 +168,12 @@ class Simulator:
                 "round": 0,
                 "bytes_up": self.config.clients * _stats_bytes(self.layout, self.config),
                 "bytes_down": self.config.clients * encoder_bytes,
-                **result.report,
+                **{k: v for k, v in result.report.items() if k not in _UNRELEASED},
+                # Known only inside a simulation (a real server never sees them): the
+                # clients' unreleased statistics norms, for choosing stage1.clip_norm.
+                "simulation_diagnostics": {
+                    k: result.report[k] for k in _UNRELEASED if k in result.report
+                },
             }
         )
         return result.codec
