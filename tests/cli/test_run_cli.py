@@ -8,14 +8,18 @@ from drencoder.cli.main import main
     [
         (["--set", "rounds=0", "--out", "x"], "rounds must be >= 1"),
         (["--set", "privacy.clipnorm=1", "--out", "x"], "did you mean 'clip_norm'"),
-        (["--preset", "nope", "--out", "x"], "unknown preset"),
+        (["--preset", "nope", "--out", "x"], "invalid choice"),
         (["--config", "missing.toml", "--out", "x"], "config file not found"),
         (["--resume", "no-such-run"], "not a drencoder run directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)
-    assert main(["run", *argv]) == 2
+    try:
+        code = main(["run", *argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    assert code == 2
     _, err = capsys.readouterr()
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

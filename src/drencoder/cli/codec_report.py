@@ -20,9 +20,10 @@ import time
 
 import torch
 
+from drencoder.cli.options import add_config_arguments, config_from_arguments
 from drencoder.codecs import IdentityCodec, RandomProjectionCodec, train_autoencoder
 from drencoder.codecs.report import measure_codec, prior_fit
-from drencoder.config import PRESETS, Architecture, RunConfig, load_config, to_dict
+from drencoder.config import Architecture, RunConfig, to_dict
 from drencoder.federated.simulator import derive_seed
 from drencoder.federated.stage1 import (
     conv_stages_for,
@@ -54,17 +55,7 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="run configuration (TOML)")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one config key, e.g. --set clients=2 (repeatable)",
-    )
-    p.add_argument(
-        "--preset", default="default", choices=sorted(PRESETS), help="named preset to start from"
-    )
+    add_config_arguments(p)
     p.add_argument(
         "--synthetic",
         metavar="N",
@@ -115,7 +106,7 @@ def compute(args: argparse.Namespace) -> dict:
     """The numbers ``drencoder codec-report`` prints, as a JSON-ready dict."""
     start = time.perf_counter()
     progress = not args.no_progress
-    config = load_config(args.config, overrides=args.set, preset=args.preset)
+    config = config_from_arguments(args)
     if args.other_architecture or config.codec.architecture is Architecture.CONV:
         conv_stages_for(config.codec.compression_ratio)  # refuse before the expensive part
     model, tokenizer = load_model(config.model.name, device=config.model.device, progress=progress)

