@@ -1,0 +1,239 @@
+"""The run configuration's schema: frozen dataclasses, one per section, with help text
+and the checks the loader applies (``gt``/``ge``/``lt``/``le``/``choices``), plus the presets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drencoder.codecs.autoencoder import Normalization
+from drencoder.codecs.training import DEFAULT_LR as AE_DEFAULT_LR
+from drencoder.codecs.training import DEFAULT_STEPS as AE_DEFAULT_STEPS
+from drencoder.data.examples import LossOn
+from drencoder.data.partition import Partitioning
+from drencoder.lora.settings import LoraSettings
+from drencoder.lora.training import TrainSettings
+from drencoder.mechanisms.options import (
+    Aggregation,
+    ClipPoint,
+    ConfigEnum,
+    NoisePlacement,
+    Sampling,
+)
+from drencoder.prior.pooling import Pooling
+from drencoder.prior.release import StatisticsRelease
+
+
+class Method(ConfigEnum):
+    """The five methods every comparison includes (DESIGN §5)."""
+
+    FEDAVG_LORA = "fedavg-lora"
+    DP_FEDAVG_LORA = "dp-fedavg-lora"
+    FFA_LORA_DP = "ffa-lora-dp"
+    DP_RANDOM_PROJECTION = "dp-random-projection"
+    DR_ENCODER = "dr-encoder"
+
+
+class Task(ConfigEnum):
+    SENTIMENT = "sentiment"
+    MMLU = "mmlu"
+
+
+class Architecture(ConfigEnum):
+    MLP = "mlp"
+    CONV = "conv"
+
+
+def _help(text: str, **checks: Any) -> dict[str, Any]:
+    return {"help": text, **checks}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = field(
+        default="smollm2-135m",
+        metadata=_help("Embedded model name (smollm2-135m, gemma3-270m) or a local HF folder."),
+    )
+    device: str = field(
+        default="cpu", metadata=_help("Torch device: cpu, cuda, cuda:N.", pattern="device")
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: Task = field(default=Task.SENTIMENT, metadata=_help("sentiment or mmlu."))
+    partition: Partitioning = field(
+        default=Partitioning.IID,
+        metadata=_help("How client data is split: iid, dirichlet, by_subject."),
+    )
+    dirichlet_alpha: float = field(
+        default=0.5, metadata=_help("Concentration of the Dirichlet partition.", gt=0)
+    )
+    examples_per_client: int = field(
+        default=64, metadata=_help("Fine-tuning examples each client holds.", ge=1)
+    )
+    max_length: int = field(
+        default=96, metadata=_help("Tokens per training example (prompt end kept).", ge=8)
+    )
+    max_chars: int = field(
+        default=160, metadata=_help("Sentiment texts are cut to this many characters.", ge=8)
+    )
+    batch_size: int = field(default=8, metadata=_help("Local batch size.", ge=1))
+    loss_on: LossOn = field(
+        default=LossOn.ANSWER,
+        metadata=_help("Training loss on the answer token only (answer) or the whole text (full)."),
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    questions: int = field(
+        default=64, metadata=_help("Fixed held-out questions scored (same set every time).", ge=1)
+    )
+    every: int = field(
+        default=1,
+        metadata=_help("Score every N rounds; 0 = only before and after training.", ge=0),
+    )
+    n_shot: int = field(default=0, metadata=_help("Few-shot exemplars in MMLU prompts.", ge=0))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    scheme: Sampling = field(
+        default=Sampling.POISSON, metadata=_help("poisson (rate q) or fixed (K per round).")
+    )
+    rate: float = field(
+        default=1.0, metadata=_help("Poisson sampling rate q; 1 = every client.", gt=0, le=1)
+    )
+    per_round: int = field(
+        default=4, metadata=_help("Clients per round with the fixed scheme.", ge=1)
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    lr: float = field(
+        default=1.0, metadata=_help("Server learning rate applied to the decoded update.", gt=0)
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    noise_multiplier: float | None = field(
+        default=None,
+        metadata=_help("sigma; none = calibrate from target_epsilon for the planned run.", gt=0),
+    )
+    clip_norm: float = field(default=1.0, metadata=_help("L2 clip norm C of what is noised.", gt=0))
+    placement: NoisePlacement = field(
+        default=NoisePlacement.LOCAL, metadata=_help("local (client adds noise) or central.")
+    )
+    clip_point: ClipPoint = field(
+        default=ClipPoint.LATENT, metadata=_help("Clip the latent (default) or the update.")
+    )
+    aggregation: Aggregation = field(
+        default=Aggregation.MEAN_THEN_DECODE,
+        metadata=_help("mean_then_decode (default) or decode_then_mean."),
+    )
+    accountant: str = field(
+        default="pld",
+        metadata=_help(
+            "Accountant for the budget stop and calibration.", choices=("gdp", "rdp", "pld")
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    warmup_steps: int | None = field(
+        default=None,
+        metadata=_help("Local warm-up steps per epoch; none = local.steps.", ge=1),
+    )
+    epochs: int = field(
+        default=1, metadata=_help("Warm-up epochs (one statistics set each).", ge=1)
+    )
+    release_noise: bool = field(
+        default=StatisticsRelease.enabled,
+        metadata=_help("Clip and noise the statistics before upload (DP)."),
+    )
+    clip_norm: float = field(
+        default=StatisticsRelease.clip_norm,
+        metadata=_help("Clip norm of a client's statistics vector.", gt=0),
+    )
+    noise_multiplier: float = field(
+        default=StatisticsRelease.noise_multiplier,
+        metadata=_help("Noise multiplier of the statistics release.", gt=0),
+    )
+    pooling: Pooling = field(default=Pooling.MEAN, metadata=_help("mean or mixture."))
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    compression_ratio: float = field(
+        default=1 / 64, metadata=_help("Latent size k = ratio x adapter dim.", gt=0, le=1)
+    )
+    architecture: Architecture = field(
+        default=Architecture.MLP, metadata=_help("Auto-encoder: mlp (chunked) or conv.")
+    )
+    chunk_size: int = field(
+        default=4096, metadata=_help("Chunk size of the MLP auto-encoder and projection.", ge=8)
+    )
+    normalization: Normalization = field(
+        default=Normalization.GLOBAL,
+        metadata=_help(
+            "Auto-encoder input scaling from the prior: global (one scale), block "
+            "(per-matrix mean/std) or none."
+        ),
+    )
+    train_steps: int = field(
+        default=AE_DEFAULT_STEPS,
+        metadata=_help("Auto-encoder training steps on prior samples.", ge=1),
+    )
+    lr: float = field(
+        default=AE_DEFAULT_LR, metadata=_help("Auto-encoder Adam learning rate.", gt=0)
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = field(default=1, metadata=_help("Checkpoint every N rounds.", ge=1))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: Method = field(default=Method.DR_ENCODER, metadata=_help("Which method to run."))
+    rounds: int = field(default=6, metadata=_help("Federated rounds.", ge=1))
+    clients: int = field(default=4, metadata=_help("Number of clients.", ge=1))
+    target_epsilon: float | None = field(
+        default=8.0, metadata=_help("Privacy budget; none = no budget stop.", gt=0)
+    )
+    delta: float = field(default=1e-5, metadata=_help("Target delta.", gt=0, lt=1))
+    seed: int = field(default=0, metadata=_help("Seed of every random choice of the run.", ge=0))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    local: TrainSettings = field(default_factory=lambda: TrainSettings(lr=5e-4, steps=2))
+    server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# Presets: dotted overrides applied before the config file.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "smoke": {
+        "rounds": 2,
+        "clients": 2,
+        "data.examples_per_client": 8,
+        "data.max_length": 48,
+        "data.max_chars": 60,
+        "data.batch_size": 4,
+        "eval.questions": 8,
+        "local.steps": 1,
+        "codec.train_steps": 30,
+    },
+}
