@@ -394,7 +394,15 @@ class Simulator:
             self.global_state, self.layout.unflatten(decoded), scale=cfg.server.lr
         )
         if charge is not None and (charge[1] is None or charge[1]):
-            self.ledger.record(charge[0], kind="round", round=t, clients=charge[1])
+            p = cfg.privacy
+            self.ledger.record(
+                charge[0],
+                kind="round",
+                round=t,
+                clients=charge[1],
+                label=f"round {t}: {p.placement.value} noise, {cfg.sampling.scheme.value} "
+                f"sampling, clip {p.clip_point.value} at C={p.clip_norm:g}",
+            )
         self.round = t
         row = {
             "kind": "round",
