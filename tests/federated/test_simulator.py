@@ -189,3 +189,36 @@ def test_existing_run_directory_is_refused(tmp_path):
     make(tmp_path, "method=fedavg-lora").run()
     with pytest.raises(Exception, match="already holds a run"):
         make(tmp_path, "method=fedavg-lora").run()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("method=dp-fedavg-lora", "privacy.placement=central", "sampling.rate=0.5", "clients=4"),
+        ("method=dp-random-projection", "privacy.clip_point=update"),
+        ("method=dr-encoder", "privacy.aggregation=decode_then_mean"),
+        ("method=dp-fedavg-lora", "sampling.scheme=fixed", "sampling.per_round=2"),
+        ("method=ffa-lora-dp", "data.task=mmlu", "data.partition=by_subject", "eval.n_shot=1"),
+        ("method=dp-fedavg-lora", "data.partition=dirichlet", "data.dirichlet_alpha=5.0"),
+        ("method=dr-encoder", "codec.architecture=conv", "codec.normalization=block"),
+        ("method=dr-encoder", "stage1.pooling=mixture", "stage1.epochs=2"),
+        ("method=dp-fedavg-lora", "local.optimizer=sgd", "server.lr=0.5", "data.loss_on=full"),
+    ],
+    ids=",".join,
+)
+def test_options_run_end_to_end(tmp_path, options):
+    sim = make(tmp_path, "rounds=2", *options)
+    summary = sim.run()
+    assert summary["rounds_done"] == 2
+    cfg = sim.config
+    privacy = summary["privacy"]
+    assert privacy["placement"] == cfg.privacy.placement.value
+    assert privacy["clip_point"] == cfg.privacy.clip_point.value
+    assert privacy["aggregation"] == cfg.privacy.aggregation.value
+    assert privacy["epsilon"]["pld"] <= cfg.target_epsilon
+    for entry in sim.ledger.entries:
+        if entry.kind == "round":
+            assert cfg.privacy.placement.value in entry.label
+    if cfg.privacy.placement.value == "central":
+        # amplified event charged to every client
+        assert all(e.clients is None for e in sim.ledger.entries)
