@@ -30,3 +30,21 @@ def test_out_or_resume_is_required(capsys):
         main(["run"])
     assert exc.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
+def test_run_then_resume_from_the_command_line(tmp_path, capsys):
+    from conftest import make_tiny_llama, make_tiny_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama().save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "run"
+    argv = ["run", "--preset", "smoke", "--set", f'model.name="{model_dir}"']
+    assert main([*argv, "--set", "method=dp-fedavg-lora", "--out", str(out), "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    assert "report.md" in first and "epsilon:" in first and "rounds:        2 of 2" in first
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert "rounds:        2 of 2" in capsys.readouterr().out
+    assert main(["run", "--resume", str(out), "--set", "rounds=3"]) == 2
+    assert "--resume continues with the run's own config.toml" in capsys.readouterr().err
