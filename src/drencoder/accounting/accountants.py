@@ -93,15 +93,11 @@ def _finite_or_raise(value: float, messages: list[str], what: str) -> float:
 
 
 def _is_non_private(event: dp_event.DpEvent) -> bool:
-    return math.isinf(ev.gdp_mu(event)[0]) if _gdp_supported(event) else False
-
-
-def _gdp_supported(event: dp_event.DpEvent) -> bool:
+    """True when the event releases something un-noised (GDP μ = ∞)."""
     try:
-        ev.gdp_mu(event)
-    except ConfigError:
+        return math.isinf(ev.gdp_mu(event)[0])
+    except ConfigError:  # no GDP form: let dp-accounting decide
         return False
-    return True
 
 
 def epsilon(event: dp_event.DpEvent, *, delta: float, accountant: str | Accountant) -> float:

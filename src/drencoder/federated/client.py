@@ -8,7 +8,6 @@ The simulator passes the same base model to every client; only the LoRA state is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -23,15 +22,6 @@ from drencoder.lora import (
     train_local,
 )
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
-
-
-@dataclass
-class ClientResult:
-    message: torch.Tensor
-    """What is uploaded: the clipped (and, for local noise, noised) latent."""
-    losses: list[float]
-    update_norm: float
-    """‖Δ‖ before anything: a local diagnostic, never uploaded."""
 
 
 def local_update(

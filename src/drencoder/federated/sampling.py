@@ -37,10 +37,3 @@ def sample_clients(
         raise ConfigError(f"per_round must be in [1, {num_clients}], got {per_round}")
     chosen = torch.randperm(num_clients, generator=generator)[:per_round]
     return sorted(int(i) for i in chosen)
-
-
-def sampling_rate(
-    *, num_clients: int, scheme: Sampling | str, rate: float, per_round: int
-) -> float:
-    """The rate the accountant may use for amplification: q for Poisson, 1 otherwise."""
-    return rate if Sampling(scheme) is Sampling.POISSON else 1.0
