@@ -128,7 +128,9 @@ class Codec(ABC):
         if not x.is_floating_point():
             raise ConfigError(f"{self.name}.{what} takes floating point input, got {x.dtype}")
         with torch.no_grad():
-            out = fn(x.detach().to(torch.float32).reshape(-1, dim))
+            # Inputs move to the codec's device: an update trained on a GPU is encoded by
+            # a codec kept on the CPU (or the other way round) without a device error.
+            out = fn(x.detach().to(device=self.device, dtype=torch.float32).reshape(-1, dim))
         return out[0] if x.ndim == 1 else out
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

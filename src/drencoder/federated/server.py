@@ -36,14 +36,14 @@ def aggregate(
     aggregation = Aggregation(aggregation)
     central = mechanism is not None and mechanism.placement is NoisePlacement.CENTRAL
     if central:
-        total = torch.zeros(codec.latent_dim)
+        total = torch.zeros(codec.latent_dim, device=codec.device)
         for m in messages:
-            total = total + m
+            total = total + m.to(codec.device)
         noisy = mechanism.aggregate_noise(total, generator=generator)
         return codec.decode(noisy / expected_clients)
     if not messages:
-        return torch.zeros(codec.input_dim)
-    stacked = torch.stack(list(messages))
+        return torch.zeros(codec.input_dim, device=codec.device)
+    stacked = torch.stack([m.to(codec.device) for m in messages])
     if aggregation is Aggregation.MEAN_THEN_DECODE:
         return codec.decode(stacked.mean(0))
     return codec.decode(stacked).mean(0)
