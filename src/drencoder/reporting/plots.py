@@ -77,3 +77,65 @@ def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
     plt.close(fig)
     files["bytes"] = "bytes.png"
     return files
+
+
+def plot_comparison(result: dict, out_dir: str | Path) -> dict[str, str]:
+    """Utility against ε and against uplink bytes, one panel per utility metric."""
+    out_dir = Path(out_dir)
+    rows = result["rows"]
+    metrics = list(rows[0]["higher_is_better"])
+    private = sorted({r["method"] for r in rows if r["target_epsilon"] is not None})
+    reference = [r for r in rows if r["target_epsilon"] is None]
+    files: dict[str, str] = {}
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for method in private:
+            pts = sorted(
+                (r["target_epsilon"], r["metrics"][metric])
+                for r in rows
+                if r["method"] == method and r["target_epsilon"] is not None
+            )
+            xs = [p[0] for p in pts]
+            ax.errorbar(
+                xs,
+                [p[1]["mean"] for p in pts],
+                yerr=[p[1]["sd"] for p in pts],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        for r in reference:
+            ax.axhline(r["metrics"][metric]["mean"], ls="--", c="grey", label=r["method"])
+        ax.set_xscale("log")
+        ax.set(xlabel="target epsilon", ylabel=metric, title=f"{metric} vs epsilon")
+        ax.grid(alpha=0.3)
+    _legend(axes[0][0])
+    fig.tight_layout()
+    fig.savefig(out_dir / "utility_vs_epsilon.png", dpi=110)
+    plt.close(fig)
+    files["utility vs epsilon"] = "utility_vs_epsilon.png"
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    markers = dict(zip(sorted({r["method"] for r in rows}), "osD^vP*X", strict=False))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for r in rows:
+            eps = r["target_epsilon"]
+            ax.errorbar(
+                r["metrics"]["uplink bytes"]["mean"],
+                r["metrics"][metric]["mean"],
+                yerr=r["metrics"][metric]["sd"],
+                marker=markers[r["method"]],
+                capsize=3,
+                ls="none",
+                label=f"{r['method']} (ε={eps:g})" if eps is not None else r["method"],
+            )
+        ax.set_xscale("log")
+        ax.set(xlabel="uplink bytes per client per round", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out_dir / "utility_vs_bytes.png", dpi=110)
+    plt.close(fig)
+    files["utility vs uplink bytes"] = "utility_vs_bytes.png"
+    return files

@@ -1,0 +1,127 @@
+"""``drencoder compare``: the five methods at the same ε, data, rounds and seeds."""
+
+from __future__ import annotations
+
+import argparse
+
+from drencoder.cli.options import add_config_arguments
+from drencoder.errors import ConfigError
+
+DESCRIPTION = """\
+Run the methods of DESIGN §5 (fedavg-lora, dp-fedavg-lora, ffa-lora-dp,
+dp-random-projection, dr-encoder) on the same data, rounds and seeds, each private method
+with sigma calibrated to each target epsilon, then write a table, plots and verdicts into
+OUT/report.md. Every run is an ordinary `drencoder run` directory under OUT/runs/; calling
+the same command again continues an interrupted comparison and recomputes nothing.
+--config/--set/--preset apply to every run; --method-set applies to one method only.
+"""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 2,8, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    return () if names == ("none",) else names
+
+
+def register(subparsers) -> None:
+    from drencoder.compare.plan import DEFAULT_EPSILONS, DEFAULT_SEEDS, DEFAULT_TASKS
+
+    p = subparsers.add_parser(
+        "compare",
+        help="compare the five methods at matched privacy",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(p)
+    p.add_argument("--out", metavar="DIR", required=True, help="comparison directory")
+    p.add_argument(
+        "--methods",
+        type=_names,
+        default=None,
+        help="comma-separated methods (default: all five)",
+    )
+    p.add_argument(
+        "--epsilons",
+        type=_floats,
+        default=DEFAULT_EPSILONS,
+        help="target epsilons (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds", type=_ints, default=DEFAULT_SEEDS, help="seeds (default: %(default)s)"
+    )
+    p.add_argument(
+        "--tasks",
+        type=_names,
+        default=DEFAULT_TASKS,
+        help="extra tasks scored on each final adapter besides the training task: mmlu, "
+        "ceval, sentiment, or none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eval-limit",
+        type=int,
+        default=200,
+        metavar="N",
+        help="questions per extra task (default: %(default)s)",
+    )
+    p.add_argument("--shots", type=int, default=None, help="few-shot exemplars for extra tasks")
+    p.add_argument("--ceval-dir", metavar="DIR", help="C-Eval directory (for --tasks ceval)")
+    p.add_argument(
+        "--method-set",
+        metavar="METHOD:KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one key for one method (repeatable), e.g. dr-encoder:privacy.clip_norm=0.5",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def _method_overrides(items: list[str]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        method, sep, override = item.partition(":")
+        if not sep or "=" not in override:
+            raise ConfigError(f"--method-set needs METHOD:KEY=VALUE, got {item!r}")
+        out.setdefault(method.strip(), []).append(override.strip())
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from drencoder.compare import CompareSpec, run_comparison
+    from drencoder.compare.plan import ALL_METHODS
+
+    spec = CompareSpec(
+        methods=args.methods or ALL_METHODS,
+        epsilons=args.epsilons,
+        seeds=args.seeds,
+        tasks=args.tasks,
+        eval_limit=args.eval_limit,
+        shots=args.shots,
+        ceval_dir=args.ceval_dir,
+        config_path=args.config,
+        preset=args.preset,
+        overrides=tuple(args.overrides),
+        method_overrides=_method_overrides(args.method_set),
+    )
+    result = run_comparison(spec, args.out, progress=not args.no_progress)
+    print(f"comparison: {args.out}/report.md ({len(result['records'])} runs)")
+    for v in result["verdicts"]:
+        if v["delta"] is not None and "accuracy" in v["metric"]:
+            print(
+                f"  eps {v['epsilon']:g}: dr-encoder vs {v['baseline']} on {v['metric']}: "
+                f"{v['delta']:+.3f} ({v['verdict']})"
+            )
+    return 0
