@@ -4,7 +4,9 @@
 same ``Simulator``); nothing is reimplemented. A run whose record (``compare-record.json``)
 exists is reused, an interrupted one is resumed from its checkpoint, so calling the same
 comparison again continues it and computes nothing twice. Each final adapter is scored
-once on the extra tasks; the base model once per comparison (``base.json``).
+once on the extra tasks; the base model once per comparison (``base.json``). Calling it
+again with other tasks (or another question limit or shot count) rescores the saved
+adapters and retrains nothing.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _score_tasks(model, tokenizer, spec: CompareSpec, *, batch_size: int, progress: bool):
-    if not spec.tasks:
+def _score_tasks(
+    model, tokenizer, spec: CompareSpec, *, batch_size: int, progress: bool, tasks=None
+):
+    tasks = spec.tasks if tasks is None else tuple(tasks)
+    if not tasks:
         return {}, 0.0
     from drencoder.evaluation.tasks import evaluate_tasks
 
@@ -43,7 +48,7 @@ def _score_tasks(model, tokenizer, spec: CompareSpec, *, batch_size: int, progre
     scores = evaluate_tasks(
         model,
         tokenizer,
-        spec.tasks,
+        tasks,
         shots=spec.shots,
         limit=spec.eval_limit,
         ceval_dir=spec.ceval_dir,
@@ -74,15 +79,68 @@ def base_scores(
     if not spec.tasks:
         return {"tasks": {}}
     path = out_dir / BASE
-    if path.exists():
-        return json.loads(path.read_text())
-    model, tokenizer = _load(planned, model_factory, progress)
-    scores, seconds = _score_tasks(
-        model, tokenizer, spec, batch_size=planned.config.data.batch_size, progress=progress
-    )
-    data = {"tasks": scores, "eval_seconds": round(seconds, 2)}
-    _write_json(path, data)
-    return data
+    data = json.loads(path.read_text()) if path.exists() else {"tasks": {}}
+    missing = _missing_tasks(data, spec)
+    if missing:
+        model, tokenizer = _load(planned, model_factory, progress)
+        scores, seconds = _score_tasks(
+            model,
+            tokenizer,
+            spec,
+            batch_size=planned.config.data.batch_size,
+            progress=progress,
+            tasks=missing,
+        )
+        data = _merge_scores(data, scores, spec, seconds)
+        _write_json(path, data)
+    return {**data, "tasks": {t: data["tasks"][t] for t in spec.tasks}}
+
+
+def _missing_tasks(data: dict, spec: CompareSpec) -> list[str]:
+    """Tasks of ``spec`` not yet scored, or scored with other settings."""
+    if data.get("eval_settings") != spec.eval_settings():
+        return list(spec.tasks)
+    return [t for t in spec.tasks if t not in data.get("tasks", {})]
+
+
+def _merge_scores(data: dict, scores: dict, spec: CompareSpec, seconds: float) -> dict:
+    same = data.get("eval_settings") == spec.eval_settings()
+    tasks = {**(data.get("tasks", {}) if same else {}), **scores}
+    return {
+        **data,
+        "tasks": tasks,
+        "eval_settings": spec.eval_settings(),
+        "eval_seconds": round(data.get("eval_seconds", 0.0) * same + seconds, 2),
+    }
+
+
+def rescore(
+    record: dict,
+    planned: PlannedRun,
+    run_dir: Path,
+    spec: CompareSpec,
+    *,
+    progress: bool,
+    model_factory: ModelFactory | None,
+) -> dict:
+    """Score a finished run's saved adapter on the tasks its record lacks."""
+    missing = _missing_tasks(record, spec)
+    if missing:
+        from peft import PeftModel
+
+        base, tokenizer = _load(planned, model_factory, progress)
+        model = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+        scores, seconds = _score_tasks(
+            model,
+            tokenizer,
+            spec,
+            batch_size=planned.config.data.batch_size,
+            progress=progress,
+            tasks=missing,
+        )
+        record = _merge_scores(record, scores, spec, seconds)
+        _write_json(run_dir / RECORD, record)
+    return {**record, "tasks": {t: record["tasks"][t] for t in spec.tasks}}
 
 
 def run_one(
@@ -98,7 +156,10 @@ def run_one(
 
     record_path = run_dir / RECORD
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        return rescore(
+            record, planned, run_dir, spec, progress=progress, model_factory=model_factory
+        )
     kwargs = {"progress": progress, "model_and_tokenizer": _load(planned, model_factory, progress)}
     start = time.perf_counter()
     resumed = (run_dir / "checkpoints" / "latest.json").exists()
@@ -145,6 +206,7 @@ def run_one(
             "shots": cfg.eval.n_shot,
         },
         "tasks": scores,
+        "eval_settings": spec.eval_settings(),
         "wall_seconds": round(run_seconds, 2),
         "eval_seconds": round(eval_seconds, 2),
         "resumed": resumed,

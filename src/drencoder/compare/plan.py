@@ -76,6 +76,17 @@ class CompareSpec:
     def all_overrides(self) -> list[str]:
         return [*self.overrides, *(o for v in self.method_overrides.values() for o in v)]
 
+    def eval_settings(self) -> dict[str, Any]:
+        """How final adapters are scored: may change between calls on one comparison."""
+        return {"limit": self.eval_limit, "shots": self.shots, "ceval_dir": self.ceval_dir}
+
+    def grid_json(self) -> dict[str, Any]:
+        """What defines the runs themselves: must not change within one comparison."""
+        full = self.to_json()
+        for key in ("tasks", "eval_limit", "shots", "ceval_dir"):
+            full.pop(key)
+        return full
+
     def to_json(self) -> dict[str, Any]:
         return {
             "methods": [m.value for m in self.methods],
@@ -135,20 +146,23 @@ def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
 
 
 def check_same_spec(out_dir: Path, spec: CompareSpec) -> None:
-    """Write ``compare.json``, or refuse to mix a different grid into an existing one."""
+    """Write ``compare.json``, or refuse to mix a different grid into an existing one.
+
+    Only the grid (methods, ε, seeds, configuration) must match; the tasks and how they
+    are scored may change, and runs are then rescored, not retrained.
+    """
     path = out_dir / "compare.json"
-    wanted = spec.to_json()
     if path.exists():
         try:
             found = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON ({exc}); remove it") from None
-        if found != wanted:
-            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+        wanted = spec.grid_json()
+        changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+        if changed:
             raise ConfigError(
                 f"{out_dir} holds a comparison with other settings ({', '.join(changed)}); "
                 "rerun with the same arguments to continue it, or choose another --out"
             )
-        return
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, indent=1) + "\n")
+    path.write_text(json.dumps(spec.to_json(), indent=1) + "\n")
