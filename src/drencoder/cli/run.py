@@ -33,6 +33,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from drencoder.federated.rundir import prepare_run_dir
     from drencoder.federated.simulator import Simulator
 
     progress = not args.no_progress
@@ -44,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        prepare_run_dir(args.resume, fresh=False)
         sim = Simulator.resume(args.resume, progress=progress)
     else:
         config = config_from_arguments(args)
+        prepare_run_dir(args.out, fresh=True)  # before the model loads
         sim = Simulator(config, args.out, progress=progress)
     summary = sim.run()
     out = sim.run_dir

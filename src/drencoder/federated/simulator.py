@@ -28,7 +28,7 @@ from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig, dump_toml, load_config
 from drencoder.errors import BudgetExceeded, CheckpointError, ConfigError
 from drencoder.evaluation import eval_record, score_multiple_choice
-from drencoder.federated import budget
+from drencoder.federated import budget, rundir
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.client import local_update, make_message
 from drencoder.federated.methods import CodecKind, spec_for
@@ -245,34 +245,54 @@ class Simulator:
         )
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        set_adapter_state(self.model, ckpt.global_state)
+        # Read and check everything first, write last: a damaged run directory raises
+        # CheckpointError with its files untouched.
+        codec = load_codec(self.run_dir / "checkpoints" / "codec")
+        rows = _read_metrics(self.metrics_path, ckpt.metrics_rows)
+        try:
+            set_adapter_state(self.model, ckpt.global_state)
+        except ConfigError as exc:
+            raise CheckpointError(
+                f"adapter.safetensors of the round-{ckpt.round} checkpoint does not fit this "
+                f"model and config ({' '.join(str(exc).split())[:300]}); resume with the "
+                "run's own model, or start a new run with --out"
+            ) from None
+        try:
+            for name, state in ckpt.rng_states.items():
+                self.generators[name].set_state(state)
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(
+                f"rng.safetensors of the round-{ckpt.round} checkpoint holds an unusable "
+                f"generator state ({type(exc).__name__}: {exc}); start a new run with --out"
+            ) from None
         self.global_state = get_adapter_state(self.model)
-        for name, state in ckpt.rng_states.items():
-            self.generators[name].set_state(state)
         self.ledger = ckpt.ledger
         self.round = ckpt.round
         self.noise_multiplier = ckpt.noise_multiplier
         self.sigma_source = ckpt.extra.get("sigma_source", "config")
         self.stop_reason = ckpt.extra.get("stop_reason", "")
-        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
-        if len(lines) < ckpt.metrics_rows:
-            raise CheckpointError(
-                f"{self.metrics_path} has {len(lines)} rows, the checkpoint expects "
-                f"{ckpt.metrics_rows}"
-            )
-        self.rows = [json.loads(line) for line in lines[: ckpt.metrics_rows]]
+        self.rows = rows
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        self.codec = load_codec(self.run_dir / "checkpoints" / "codec")
+        self.codec = codec
 
     @classmethod
     def resume(cls, run_dir: str | Path, **kwargs) -> Simulator:
-        """A simulator that continues ``run_dir`` from its last checkpoint."""
+        """A simulator that continues ``run_dir`` from its last checkpoint.
+
+        The config and the checkpoint are read before the model is loaded, so a damaged
+        run directory fails fast; nothing in it is written until all of it has been read.
+        """
         run_dir = Path(run_dir)
         config_path = run_dir / "config.toml"
-        if not config_path.exists():
-            raise CheckpointError(f"{run_dir} is not a drencoder run directory (no config.toml)")
-        sim = cls(load_config(config_path), run_dir, **kwargs)
-        sim._restore(load_checkpoint(run_dir))
+        if not config_path.is_file():
+            raise CheckpointError(
+                f"{run_dir} is not a drencoder run directory (no config.toml); give the --out "
+                "directory of an earlier `drencoder run`"
+            )
+        config = load_config(config_path)
+        ckpt = load_checkpoint(run_dir)
+        sim = cls(config, run_dir, **kwargs)
+        sim._restore(ckpt)
         return sim
 
     # -- the run -----------------------------------------------------------------------
@@ -296,6 +316,7 @@ class Simulator:
 
     def run(self) -> dict:
         """Run every remaining round, then write the outputs; returns the summary."""
+        self._check_free_space()
         if self.codec is None:
             self.start()
         cfg = self.config
@@ -321,6 +342,22 @@ class Simulator:
         if not self.rows or self.rows[-1].get("kind") != "eval":
             self.evaluate()
         return self.finish()
+
+    def _check_free_space(self) -> None:
+        """``StorageError`` before any training when the disk cannot hold the run."""
+        c = self.config.codec
+        codec_bytes = (
+            0
+            if self.codec is not None
+            else rundir.codec_bytes_estimate(
+                input_dim=self.layout.dim,
+                chunk_size=c.chunk_size,
+                compression_ratio=c.compression_ratio,
+            )
+        )
+        adapter_bytes = sum(v.numel() * v.element_size() for v in self.global_state.values())
+        need = rundir.estimate_run_bytes(adapter_bytes=adapter_bytes, codec_bytes=codec_bytes)
+        rundir.check_free_space(self.run_dir, need_bytes=need)
 
     def run_round(self, t: int) -> None:
         cfg, mech = self.config, self.mechanism
@@ -435,6 +472,26 @@ class Simulator:
 
         set_adapter_state(self.model, self.global_state)
         return write_outputs(self)
+
+
+def _read_metrics(path: Path, expected: int) -> list[dict]:
+    """The first ``expected`` rows of ``metrics.jsonl``; ``CheckpointError`` if unreadable."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    if len(lines) < expected:
+        raise CheckpointError(
+            f"{path} has {len(lines)} rows, the checkpoint expects {expected}; the file was "
+            "cut short: restore it from a backup or start a new run with --out"
+        )
+    try:
+        rows = [json.loads(line) for line in lines[:expected]]
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path} is not valid JSON lines ({exc}); restore it from a backup or start a "
+            "new run with --out"
+        ) from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise CheckpointError(f"{path} holds rows that are not JSON objects; start a new run")
+    return rows
 
 
 def _stats_bytes(layout, config: RunConfig) -> int:
