@@ -35,6 +35,7 @@ from drencoder.federated.methods import CodecKind, spec_for
 from drencoder.federated.sampling import sample_clients
 from drencoder.federated.server import aggregate
 from drencoder.federated.stage1 import release_for, run_stage1
+from drencoder.federated.validation import accept_messages, message_limits
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
     adapter_layout,
@@ -419,8 +420,13 @@ class Simulator:
                 )
             )
             self.hook("client_done", round=t, client=c)
+        # Rejected messages stay out of the aggregate; their clients are still charged.
+        accepted, rejected = accept_messages(
+            dict(zip(participants, messages, strict=True)),
+            **message_limits(self.codec, mech, cfg.privacy.clip_point),
+        )
         decoded = aggregate(
-            messages,
+            list(accepted.values()),
             codec=self.codec,
             mechanism=mech,
             aggregation=cfg.privacy.aggregation,
@@ -451,6 +457,7 @@ class Simulator:
             "bytes_up": len(messages) * self.codec.bytes_per_upload,
             "bytes_down": len(participants) * self.layout.dim * 4,
             "update_norm": sum(norms) / len(norms) if norms else 0.0,
+            "rejected": {str(c): reason for c, reason in rejected.items()},
             "seconds": time.perf_counter() - start,
         }
         if recon:
