@@ -6,7 +6,9 @@ sample → local training → encode + privatise → aggregate + decode → upda
 to the privacy ledger; evaluate; save the adapter, plots and report. Every random choice
 comes from one of the run's named generators (sampling, data, train, noise, stage1), all
 derived from ``seed`` and checkpointed, so a resumed run is bit-identical to an
-uninterrupted one.
+uninterrupted one. With ``privacy.secure_rng`` the streams that draw DP noise (noise,
+stage1) are seeded from OS entropy instead; their states are still checkpointed, so resume
+continues them exactly.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from drencoder.lora import (
     get_adapter_state,
     set_adapter_state,
 )
-from drencoder.mechanisms import GaussianMechanism
+from drencoder.mechanisms import GaussianMechanism, noise_generator
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
+# The streams that draw DP noise; privacy.secure_rng seeds them from OS entropy.
+SECURE_STREAMS = ("noise", "stage1")
 _UNRELEASED = ("statistics_norms", "clipped_clients")
 
 
@@ -92,7 +96,10 @@ class Simulator:
         self.global_state = get_adapter_state(self.model)
         self.workload = build_workload(config, self.tokenizer)
         self.generators = {
-            name: torch.Generator().manual_seed(derive_seed(config.seed, name))
+            name: noise_generator(
+                derive_seed(config.seed, name),
+                secure=config.privacy.secure_rng and name in SECURE_STREAMS,
+            )
             for name in GENERATORS
         }
         self.release = release_for(config)
