@@ -12,6 +12,7 @@ existing files as they were.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -109,3 +110,23 @@ def check_free_space(path: str | os.PathLike, *, need_bytes: int) -> None:
             f"{_mib(need_bytes)} (checkpoints, adapter, codec, metrics); free space or "
             "choose another --out"
         )
+
+
+def read_metrics(path: Path, expected: int) -> list[dict]:
+    """The first ``expected`` rows of ``metrics.jsonl``; ``CheckpointError`` if unreadable."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    if len(lines) < expected:
+        raise CheckpointError(
+            f"{path} has {len(lines)} rows, the checkpoint expects {expected}; the file was "
+            "cut short: restore it from a backup or start a new run with --out"
+        )
+    try:
+        rows = [json.loads(line) for line in lines[:expected]]
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path} is not valid JSON lines ({exc}); restore it from a backup or start a "
+            "new run with --out"
+        ) from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise CheckpointError(f"{path} holds rows that are not JSON objects; start a new run")
+    return rows

@@ -256,7 +256,7 @@ class Simulator:
         # Read and check everything first, write last: a damaged run directory raises
         # CheckpointError with its files untouched.
         codec = load_codec(self.run_dir / "checkpoints" / "codec")
-        rows = _read_metrics(self.metrics_path, ckpt.metrics_rows)
+        rows = rundir.read_metrics(self.metrics_path, ckpt.metrics_rows)
         try:
             set_adapter_state(self.model, ckpt.global_state)
         except ConfigError as exc:
@@ -486,26 +486,6 @@ class Simulator:
 
         set_adapter_state(self.model, self.global_state)
         return write_outputs(self)
-
-
-def _read_metrics(path: Path, expected: int) -> list[dict]:
-    """The first ``expected`` rows of ``metrics.jsonl``; ``CheckpointError`` if unreadable."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    if len(lines) < expected:
-        raise CheckpointError(
-            f"{path} has {len(lines)} rows, the checkpoint expects {expected}; the file was "
-            "cut short: restore it from a backup or start a new run with --out"
-        )
-    try:
-        rows = [json.loads(line) for line in lines[:expected]]
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path} is not valid JSON lines ({exc}); restore it from a backup or start a "
-            "new run with --out"
-        ) from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise CheckpointError(f"{path} holds rows that are not JSON objects; start a new run")
-    return rows
 
 
 def _stats_bytes(layout, config: RunConfig) -> int:
