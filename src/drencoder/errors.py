@@ -26,3 +26,7 @@ class AssetError(DrencoderError, FileNotFoundError):
 
 class CheckpointError(DrencoderError):
     """A checkpoint or run directory is missing, incomplete or inconsistent."""
+
+
+class StorageError(DrencoderError, OSError):
+    """A run directory cannot be created or written, or its disk lacks the space a run needs."""

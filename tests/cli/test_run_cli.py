@@ -48,3 +48,25 @@ def test_run_then_resume_from_the_command_line(tmp_path, capsys):
     assert "rounds:        2 of 2" in capsys.readouterr().out
     assert main(["run", "--resume", str(out), "--set", "rounds=3"]) == 2
     assert "--resume continues with the run's own config.toml" in capsys.readouterr().err
+
+
+def test_secure_rng_flag_sets_the_config_key_and_is_refused_on_resume(
+    tmp_path, monkeypatch, capsys
+):
+    from drencoder.federated import simulator
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_simulator(config, out, **kwargs):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(simulator, "Simulator", fake_simulator)
+    with pytest.raises(Stop):
+        main(["run", "--secure-rng", "--out", str(tmp_path / "o")])
+    assert seen["config"].privacy.secure_rng is True
+    assert main(["run", "--resume", str(tmp_path / "o"), "--secure-rng"]) == 2
+    assert "--secure-rng" in capsys.readouterr().err

@@ -222,3 +222,30 @@ def test_options_run_end_to_end(tmp_path, options):
     if cfg.privacy.placement.value == "central":
         # amplified event charged to every client
         assert all(e.clients is None for e in sim.ledger.entries)
+
+
+def test_secure_rng_runs_draw_different_noise_and_resume_continues_the_stream(tmp_path):
+    from drencoder.federated.checkpoint import load_checkpoint
+
+    def states(name, *extra):
+        sim = make(tmp_path, "method=dp-fedavg-lora", "rounds=1", *extra, name=name)
+        return sim, {k: g.get_state() for k, g in sim.generators.items()}
+
+    _, plain_a = states("plain-a")
+    _, plain_b = states("plain-b")
+    secure, secure_a = states("secure-a", "privacy.secure_rng=true")
+    _, secure_b = states("secure-b", "privacy.secure_rng=true")
+    assert all(torch.equal(plain_a[k], plain_b[k]) for k in plain_a)  # reproducible
+    for name in sim_mod.GENERATORS:
+        same = torch.equal(secure_a[name], secure_b[name])
+        assert same == (name not in sim_mod.SECURE_STREAMS), name
+        assert same == torch.equal(secure_a[name], plain_a[name]), name
+    secure.run()
+    resumed = Simulator.resume(
+        secure.run_dir,
+        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        progress=False,
+    )
+    saved = load_checkpoint(secure.run_dir).rng_states
+    assert all(torch.equal(resumed.generators[k].get_state(), saved[k]) for k in saved)
+    assert torch.equal(saved["noise"], secure.generators["noise"].get_state())

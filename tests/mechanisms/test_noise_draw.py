@@ -42,3 +42,25 @@ def test_bad_std_is_echoed(std):
 def test_generator_is_required():
     with pytest.raises(ConfigError, match=r"generator must be a torch\.Generator"):
         gaussian_noise((3,), std=1.0, generator=None)
+
+
+def test_noise_generator_secure_draws_differ_and_plain_ones_repeat():
+    from drencoder.mechanisms import noise_generator
+
+    def draw(**kw):
+        return gaussian_noise((64,), std=1.0, generator=noise_generator(7, **kw))
+
+    assert torch.equal(draw(), draw())
+    assert torch.equal(
+        draw(secure=False),
+        gaussian_noise((64,), std=1.0, generator=torch.Generator().manual_seed(7)),
+    )
+    assert not torch.equal(draw(secure=True), draw(secure=True))
+    assert not torch.equal(draw(secure=True), draw())
+
+
+def test_noise_generator_secure_seed_comes_from_os_entropy(monkeypatch):
+    from drencoder.mechanisms import noise, noise_generator
+
+    monkeypatch.setattr(noise.secrets, "randbits", lambda bits: 12345 + bits)
+    assert noise_generator(0, secure=True).initial_seed() == 12345 + 63

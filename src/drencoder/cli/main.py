@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DrencoderError as exc:
-        print(f"drencoder {args.command}: error: {exc}", file=sys.stderr)
+        # One line, whatever the message's own line breaks (e.g. an install command).
+        message = " ".join(str(exc).split())
+        print(f"drencoder {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"drencoder {args.command}: interrupted", file=sys.stderr)

@@ -28,25 +28,36 @@ def register(subparsers) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="DIR", help="new run directory")
     where.add_argument("--resume", metavar="DIR", help="continue a run from its last checkpoint")
+    p.add_argument(
+        "--secure-rng",
+        action="store_true",
+        help="seed the DP noise from OS entropy, not the run seed (privacy.secure_rng = "
+        "true; the noise is then not reproducible; see docs/threat-model.md)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from drencoder.federated.rundir import prepare_run_dir
     from drencoder.federated.simulator import Simulator
 
     progress = not args.no_progress
     if args.resume:
-        if args.config or args.overrides or args.preset != "default":
+        if args.config or args.overrides or args.preset != "default" or args.secure_rng:
             print(
                 "drencoder run: error: --resume continues with the run's own config.toml; "
-                "drop --config/--set/--preset",
+                "drop --config/--set/--preset/--secure-rng",
                 file=sys.stderr,
             )
             return 2
+        prepare_run_dir(args.resume, fresh=False)
         sim = Simulator.resume(args.resume, progress=progress)
     else:
+        if args.secure_rng:
+            args.overrides = [*args.overrides, "privacy.secure_rng=true"]
         config = config_from_arguments(args)
+        prepare_run_dir(args.out, fresh=True)  # before the model loads
         sim = Simulator(config, args.out, progress=progress)
     summary = sim.run()
     out = sim.run_dir

@@ -158,6 +158,7 @@ class Codec(ABC):
 def load_codec(directory: str | Path) -> Codec:
     """Load a codec written by :meth:`Codec.save` (safetensors + JSON only, no pickle)."""
     directory = Path(directory)
+    fix = "restore it from a backup or start a new run with --out"
     try:
         meta = json.loads((directory / CONFIG_FILE).read_text())
         tensors = load_file(str(directory / TENSORS_FILE))
@@ -165,12 +166,28 @@ def load_codec(directory: str | Path) -> Codec:
         raise CheckpointError(
             f"no saved codec in {directory}: expected {CONFIG_FILE} and {TENSORS_FILE}"
         ) from exc
-    if meta.get("format") != FORMAT_VERSION:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(
-            f"codec format {meta.get('format')!r} in {directory} is not supported, "
-            f"expected {FORMAT_VERSION}"
+            f"codec file {directory / CONFIG_FILE} is not valid JSON ({exc}); {fix}"
+        ) from None
+    except Exception as exc:  # safetensors' SafetensorError on a truncated file
+        raise CheckpointError(
+            f"codec file {directory / TENSORS_FILE} is truncated or corrupt "
+            f"({' '.join(str(exc).split())}); {fix}"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(
+            f"codec format {got!r} in {directory / CONFIG_FILE} is not supported, "
+            f"expected {FORMAT_VERSION}; {fix}"
         )
     name = meta.get("codec")
     if name not in _REGISTRY:
         raise CheckpointError(f"unknown codec {name!r}; registered: {registered_codecs()}")
-    return _REGISTRY[name].from_saved(meta["config"], tensors)
+    try:
+        return _REGISTRY[name].from_saved(meta.get("config", {}), tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"saved codec in {directory} does not match its {CONFIG_FILE} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}); {fix}"
+        ) from None

@@ -182,9 +182,25 @@ def load_config(
         try:
             data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
+            raise ConfigError(f"config file not found: {path}; check the --config path") from None
+        except IsADirectoryError:
+            raise ConfigError(
+                f"config file {path} is a directory; --config takes a TOML file"
+            ) from None
+        except PermissionError:
+            raise ConfigError(
+                f"config file {path} is not readable (permission denied); fix its permissions"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                "TOML files must be UTF-8 text"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+            raise ConfigError(
+                f"config file {path} is not valid TOML: {exc}; fix that line "
+                "(see docs/running.md for the keys)"
+            ) from None
         _merge(tree, data)
         explicit |= set(_flatten(data))
     for text in overrides:

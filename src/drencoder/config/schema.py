@@ -141,6 +141,15 @@ class PrivacyConfig:
             "Accountant for the budget stop and calibration.", choices=("gdp", "rdp", "pld")
         ),
     )
+    secure_rng: bool = field(
+        default=False,
+        metadata=_help(
+            "Seed the DP noise (and stage-1 release) generators from OS entropy instead of "
+            "seed: the noise cannot be recomputed from the config, and the run is not "
+            "reproducible. Resume still continues the checkpointed stream. See "
+            "docs/threat-model.md."
+        ),
+    )
 
 
 @dataclass(frozen=True)

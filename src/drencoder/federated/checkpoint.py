@@ -80,29 +80,79 @@ def save_checkpoint(run_dir: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return final
 
 
-def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
-    root = Path(run_dir) / "checkpoints"
+def _damaged(path: Path, problem: str) -> CheckpointError:
+    """The error for a damaged checkpoint file, with the ways out."""
+    return CheckpointError(
+        f"checkpoint file {path} {problem}; the run directory was left unchanged. Restore the "
+        "file from a backup, or point checkpoints/latest.json at the previous round-NNNN "
+        "directory, or start a new run with --out"
+    )
+
+
+def _read_json(path: Path, *, keys: tuple[str, ...] = ()) -> dict:
     try:
-        latest = json.loads((root / "latest.json").read_text())
-        directory = root / latest["dir"]
-        state = json.loads((directory / "state.json").read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
+        raise _damaged(path, "is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise _damaged(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        raise _damaged(path, f"is not a JSON object with the keys {', '.join(keys)}")
+    return data
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """``load_file`` with a ``CheckpointError`` naming the file when it is missing or corrupt."""
+    if not path.is_file():
+        raise _damaged(path, "is missing")
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors raises its own SafetensorError (an Exception)
+        raise _damaged(path, f"is truncated or corrupt ({' '.join(str(exc).split())})") from None
+
+
+def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
+    """Read the newest checkpoint; every file is parsed and checked before returning, so a
+    damaged checkpoint raises ``CheckpointError`` before the caller changes anything."""
+    root = Path(run_dir) / "checkpoints"
+    if not (root / "latest.json").is_file():
         raise CheckpointError(
             f"no checkpoint in {run_dir}: expected checkpoints/latest.json from an earlier "
-            "`drencoder run --out` (a run killed before its first checkpoint starts over)"
-        ) from None
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"corrupt checkpoint metadata in {root}: {exc}") from exc
-    if state.get("format") != FORMAT:
-        raise CheckpointError(
-            f"checkpoint format {state.get('format')!r} is not supported (expected {FORMAT})"
+            "`drencoder run --out` (a run killed before its first checkpoint starts over: "
+            "run it again with --out)"
         )
+    latest = _read_json(root / "latest.json", keys=("dir",))
+    directory = root / str(latest["dir"])
+    if not directory.is_dir() or directory.parent != root:
+        raise _damaged(root / "latest.json", f"names {latest['dir']!r}, which is not in {root}")
+    state_path = directory / "state.json"
+    state = _read_json(state_path, keys=("format", "round", "metrics_rows", "noise_multiplier"))
+    if state["format"] != FORMAT:
+        raise CheckpointError(
+            f"checkpoint format {state['format']!r} in {state_path} is not supported "
+            f"(expected {FORMAT}); resume it with the drencoder version that wrote it"
+        )
+    try:
+        round_, rows = int(state["round"]), int(state["metrics_rows"])
+        sigma = state["noise_multiplier"]
+        sigma = None if sigma is None else float(sigma)
+    except (TypeError, ValueError) as exc:
+        raise _damaged(state_path, f"has a malformed value ({exc})") from None
+    extra = state.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _damaged(state_path, f"has extra={extra!r}, expected a JSON object")
+    try:
+        ledger = PrivacyLedger.load(directory / "ledger.json")
+    except (CheckpointError, ValueError, TypeError, KeyError) as exc:
+        raise _damaged(directory / "ledger.json", f"is unusable ({exc})") from None
     return Checkpoint(
-        round=int(state["round"]),
-        global_state=load_file(directory / "adapter.safetensors"),
-        rng_states=load_file(directory / "rng.safetensors"),
-        ledger=PrivacyLedger.load(directory / "ledger.json"),
-        metrics_rows=int(state["metrics_rows"]),
-        noise_multiplier=state["noise_multiplier"],
-        extra=state.get("extra", {}),
+        round=round_,
+        global_state=_read_tensors(directory / "adapter.safetensors"),
+        rng_states=_read_tensors(directory / "rng.safetensors"),
+        ledger=ledger,
+        metrics_rows=rows,
+        noise_multiplier=sigma,
+        extra=extra,
     )

@@ -6,7 +6,9 @@ sample → local training → encode + privatise → aggregate + decode → upda
 to the privacy ledger; evaluate; save the adapter, plots and report. Every random choice
 comes from one of the run's named generators (sampling, data, train, noise, stage1), all
 derived from ``seed`` and checkpointed, so a resumed run is bit-identical to an
-uninterrupted one.
+uninterrupted one. With ``privacy.secure_rng`` the streams that draw DP noise (noise,
+stage1) are seeded from OS entropy instead; their states are still checkpointed, so resume
+continues them exactly.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig, dump_toml, load_config
 from drencoder.errors import BudgetExceeded, CheckpointError, ConfigError
 from drencoder.evaluation import eval_record, score_multiple_choice
-from drencoder.federated import budget
+from drencoder.federated import budget, rundir
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.client import local_update, make_message
 from drencoder.federated.methods import CodecKind, spec_for
 from drencoder.federated.sampling import sample_clients
 from drencoder.federated.server import aggregate
 from drencoder.federated.stage1 import release_for, run_stage1
+from drencoder.federated.validation import accept_messages, message_limits
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
     adapter_layout,
@@ -43,9 +46,11 @@ from drencoder.lora import (
     get_adapter_state,
     set_adapter_state,
 )
-from drencoder.mechanisms import GaussianMechanism
+from drencoder.mechanisms import GaussianMechanism, noise_generator
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
+# The streams that draw DP noise; privacy.secure_rng seeds them from OS entropy.
+SECURE_STREAMS = ("noise", "stage1")
 _UNRELEASED = ("statistics_norms", "clipped_clients")
 
 
@@ -91,7 +96,10 @@ class Simulator:
         self.global_state = get_adapter_state(self.model)
         self.workload = build_workload(config, self.tokenizer)
         self.generators = {
-            name: torch.Generator().manual_seed(derive_seed(config.seed, name))
+            name: noise_generator(
+                derive_seed(config.seed, name),
+                secure=config.privacy.secure_rng and name in SECURE_STREAMS,
+            )
             for name in GENERATORS
         }
         self.release = release_for(config)
@@ -245,34 +253,54 @@ class Simulator:
         )
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        set_adapter_state(self.model, ckpt.global_state)
+        # Read and check everything first, write last: a damaged run directory raises
+        # CheckpointError with its files untouched.
+        codec = load_codec(self.run_dir / "checkpoints" / "codec")
+        rows = rundir.read_metrics(self.metrics_path, ckpt.metrics_rows)
+        try:
+            set_adapter_state(self.model, ckpt.global_state)
+        except ConfigError as exc:
+            raise CheckpointError(
+                f"adapter.safetensors of the round-{ckpt.round} checkpoint does not fit this "
+                f"model and config ({' '.join(str(exc).split())[:300]}); resume with the "
+                "run's own model, or start a new run with --out"
+            ) from None
+        try:
+            for name, state in ckpt.rng_states.items():
+                self.generators[name].set_state(state)
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(
+                f"rng.safetensors of the round-{ckpt.round} checkpoint holds an unusable "
+                f"generator state ({type(exc).__name__}: {exc}); start a new run with --out"
+            ) from None
         self.global_state = get_adapter_state(self.model)
-        for name, state in ckpt.rng_states.items():
-            self.generators[name].set_state(state)
         self.ledger = ckpt.ledger
         self.round = ckpt.round
         self.noise_multiplier = ckpt.noise_multiplier
         self.sigma_source = ckpt.extra.get("sigma_source", "config")
         self.stop_reason = ckpt.extra.get("stop_reason", "")
-        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
-        if len(lines) < ckpt.metrics_rows:
-            raise CheckpointError(
-                f"{self.metrics_path} has {len(lines)} rows, the checkpoint expects "
-                f"{ckpt.metrics_rows}"
-            )
-        self.rows = [json.loads(line) for line in lines[: ckpt.metrics_rows]]
+        self.rows = rows
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        self.codec = load_codec(self.run_dir / "checkpoints" / "codec")
+        self.codec = codec
 
     @classmethod
     def resume(cls, run_dir: str | Path, **kwargs) -> Simulator:
-        """A simulator that continues ``run_dir`` from its last checkpoint."""
+        """A simulator that continues ``run_dir`` from its last checkpoint.
+
+        The config and the checkpoint are read before the model is loaded, so a damaged
+        run directory fails fast; nothing in it is written until all of it has been read.
+        """
         run_dir = Path(run_dir)
         config_path = run_dir / "config.toml"
-        if not config_path.exists():
-            raise CheckpointError(f"{run_dir} is not a drencoder run directory (no config.toml)")
-        sim = cls(load_config(config_path), run_dir, **kwargs)
-        sim._restore(load_checkpoint(run_dir))
+        if not config_path.is_file():
+            raise CheckpointError(
+                f"{run_dir} is not a drencoder run directory (no config.toml); give the --out "
+                "directory of an earlier `drencoder run`"
+            )
+        config = load_config(config_path)
+        ckpt = load_checkpoint(run_dir)
+        sim = cls(config, run_dir, **kwargs)
+        sim._restore(ckpt)
         return sim
 
     # -- the run -----------------------------------------------------------------------
@@ -296,6 +324,7 @@ class Simulator:
 
     def run(self) -> dict:
         """Run every remaining round, then write the outputs; returns the summary."""
+        self._check_free_space()
         if self.codec is None:
             self.start()
         cfg = self.config
@@ -321,6 +350,22 @@ class Simulator:
         if not self.rows or self.rows[-1].get("kind") != "eval":
             self.evaluate()
         return self.finish()
+
+    def _check_free_space(self) -> None:
+        """``StorageError`` before any training when the disk cannot hold the run."""
+        c = self.config.codec
+        codec_bytes = (
+            0
+            if self.codec is not None
+            else rundir.codec_bytes_estimate(
+                input_dim=self.layout.dim,
+                chunk_size=c.chunk_size,
+                compression_ratio=c.compression_ratio,
+            )
+        )
+        adapter_bytes = sum(v.numel() * v.element_size() for v in self.global_state.values())
+        need = rundir.estimate_run_bytes(adapter_bytes=adapter_bytes, codec_bytes=codec_bytes)
+        rundir.check_free_space(self.run_dir, need_bytes=need)
 
     def run_round(self, t: int) -> None:
         cfg, mech = self.config, self.mechanism
@@ -382,8 +427,13 @@ class Simulator:
                 )
             )
             self.hook("client_done", round=t, client=c)
+        # Rejected messages stay out of the aggregate; their clients are still charged.
+        accepted, rejected = accept_messages(
+            dict(zip(participants, messages, strict=True)),
+            **message_limits(self.codec, mech, cfg.privacy.clip_point),
+        )
         decoded = aggregate(
-            messages,
+            list(accepted.values()),
             codec=self.codec,
             mechanism=mech,
             aggregation=cfg.privacy.aggregation,
@@ -414,6 +464,7 @@ class Simulator:
             "bytes_up": len(messages) * self.codec.bytes_per_upload,
             "bytes_down": len(participants) * self.layout.dim * 4,
             "update_norm": sum(norms) / len(norms) if norms else 0.0,
+            "rejected": {str(c): reason for c, reason in rejected.items()},
             "seconds": time.perf_counter() - start,
         }
         if recon:

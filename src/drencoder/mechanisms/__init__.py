@@ -6,7 +6,7 @@ job of :mod:`drencoder.accounting` (STYLE.md habit 1).
 
 from drencoder.mechanisms.clipping import check_clip_norm, clip_l2
 from drencoder.mechanisms.gaussian import GaussianMechanism, check_noise_multiplier
-from drencoder.mechanisms.noise import gaussian_noise
+from drencoder.mechanisms.noise import gaussian_noise, noise_generator
 from drencoder.mechanisms.options import (
     Aggregation,
     ClipPoint,
@@ -26,4 +26,5 @@ __all__ = [
     "check_noise_multiplier",
     "clip_l2",
     "gaussian_noise",
+    "noise_generator",
 ]

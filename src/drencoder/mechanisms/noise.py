@@ -19,11 +19,25 @@ Gaussian samples are not the exact distribution the proofs assume (Mironov 2012 
 attack on the Laplace analogue). That is acceptable for research and simulation; a
 deployment that must resist an adversary who sees the raw noisy values should substitute a
 CSPRNG-backed, discretised sampler here, the one place it would have to change.
+
+**Seeding** (:func:`noise_generator`). By default the noise generator is seeded from the
+run's ``seed``, so a run can be repeated exactly; whoever knows the seed can then recompute
+the noise and subtract it. With ``secure=True`` (``privacy.secure_rng``, ``drencoder run
+--secure-rng``) the seed is 63 bits from the operating system's entropy source
+(:func:`secrets.randbits`, i.e. ``os.urandom``), used once and never stored: the noise can
+no longer be reproduced from the config. The generator *state* is still checkpointed, so a
+resumed run continues the same stream; protect checkpoints like the data. This removes
+seed guessing, not every attack: Mersenne Twister's output is predictable from enough
+observed outputs, and the floating-point issue above (Mironov 2012, "On significance of the
+least significant bits for differential privacy") remains. In the simulator every client's
+local noise comes from one generator held by the simulated server; in a real deployment
+each client must draw its local noise on its own device from a seed the server never sees.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 
 import torch
@@ -57,3 +71,14 @@ def gaussian_noise(
     noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
     noise.mul_(std)
     return noise.to(device)
+
+
+def noise_generator(seed: int, *, secure: bool = False) -> torch.Generator:
+    """A CPU ``torch.Generator`` for DP noise: seeded with ``seed``, or with ``secure=True``
+    with 63 bits of operating-system entropy (``seed`` is then ignored; see the module
+    docstring for what this does and does not protect against)."""
+    if not secure:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got seed={seed!r}")
+        return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(secrets.randbits(63))

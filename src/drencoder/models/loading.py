@@ -64,6 +64,24 @@ def _setup_tokenizer(tokenizer, model) -> None:
         gen.pad_token_id = tokenizer.pad_token_id
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _unreadable_weights(folder: Path) -> Path | None:
+    """The first ``*.safetensors`` file in ``folder`` whose header cannot be read."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception:
+            return path
+    return None
+
+
 def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device):
     """Load a local Hugging Face causal-LM folder; errors become ``AssetError``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,9 +92,13 @@ def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device):
             model = AutoModelForCausalLM.from_pretrained(
                 str(folder), dtype=dtype, local_files_only=True
             )
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # transformers, tokenizers, safetensors and json all raise here
+        broken = _unreadable_weights(folder)
+        what = f"{broken.name} is truncated or corrupt" if broken else _one_line(exc)
         raise AssetError(
-            f"could not load a causal LM and its tokenizer from {str(folder)!r}: {exc}"
+            f"could not load a causal LM and its tokenizer from {str(folder)!r}: {what}; "
+            "save the model again with save_pretrained() or point model.name at another "
+            "folder"
         ) from exc
     model.to(device)
     model.eval()
