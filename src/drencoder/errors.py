@@ -26,3 +26,7 @@ class AssetError(DrencoderError, FileNotFoundError):
 
 class CheckpointError(DrencoderError):
     """A checkpoint or run directory is missing, incomplete or inconsistent."""
+
+
+class ClientDropoutWarning(UserWarning):
+    """Fewer clients replied in a round (or in stage 1) than were asked."""

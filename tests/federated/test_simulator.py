@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.config import load_config
-from drencoder.federated import simulator as sim_mod
+from drencoder.federated import runtime as runtime_mod
 from drencoder.federated.simulator import Simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
@@ -172,13 +172,13 @@ def test_local_noise_charges_participants_only(tmp_path):
 
 def test_clients_share_one_base_model(tmp_path, monkeypatch):
     seen = []
-    real = sim_mod.local_update
+    real = runtime_mod.local_update
 
     def spy(model, *args, **kwargs):
         seen.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(sim_mod, "local_update", spy)
+    monkeypatch.setattr(runtime_mod, "local_update", spy)
     sim = make(tmp_path, "method=dp-fedavg-lora")
     sim.run()
     assert len(seen) == 3 * 3
