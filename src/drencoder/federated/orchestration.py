@@ -527,7 +527,8 @@ class FederatedServer:
             "loss": sum(losses) / len(losses) if losses else math.nan,
             "epsilon": self._epsilons(),
             "noise_multiplier": self.noise_multiplier,
-            "bytes_up": len(results) * self.codec.bytes_per_upload,
+            # Measured on what arrived: latent_dim × 4 per message (float32 latents).
+            "bytes_up": sum(r.message.numel() * r.message.element_size() for r in results),
             "bytes_down": len(plan.sampled) * self.layout.dim * 4,
             "seconds": time.perf_counter() - started if started is not None else 0.0,
         }
