@@ -36,17 +36,18 @@ import torch
 from tqdm.auto import tqdm
 
 from drencoder import accounting
-from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec, load_codec
+from drencoder.codecs import Codec, load_codec
 from drencoder.config import RunConfig, dump_toml, load_config
 from drencoder.errors import BudgetExceeded, CheckpointError, ClientDropoutWarning, ConfigError
 from drencoder.evaluation import eval_record, score_multiple_choice
 from drencoder.federated import budget
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from drencoder.federated.methods import CodecKind, spec_for
+from drencoder.federated.codec_setup import build_codec
+from drencoder.federated.methods import spec_for
 from drencoder.federated.runtime import ClientResult, ClientTask
 from drencoder.federated.sampling import sample_clients
 from drencoder.federated.server import aggregate
-from drencoder.federated.stage1 import Stage1Task, release_for, stage1_tasks, train_codec
+from drencoder.federated.stage1 import Stage1Task, release_for
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
     adapter_layout,
@@ -59,7 +60,6 @@ from drencoder.mechanisms import GaussianMechanism
 from drencoder.prior import ClientStatistics
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
-_UNRELEASED = ("statistics_norms", "clipped_clients")
 
 StatisticsReply = tuple[ClientStatistics, float | None]
 """A client's released stage-1 statistics and, in a simulation only, its unreleased norm."""
@@ -195,67 +195,6 @@ class FederatedServer:
             )
         return self.clients
 
-    def _build_codec(self) -> Codec:
-        c = self.config.codec
-        if self.spec.codec is CodecKind.IDENTITY:
-            return IdentityCodec(input_dim=self.layout.dim)
-        if self.spec.codec is CodecKind.PROJECTION:
-            return RandomProjectionCodec(
-                input_dim=self.layout.dim,
-                compression_ratio=c.compression_ratio,
-                chunk_size=c.chunk_size,
-                seed=derive_seed(self.config.seed, "projection"),
-            )
-        return self._stage1()
-
-    def _stage1(self) -> Codec:
-        """DR-Encoder stage 1: the clients' releases, then the auto-encoder (server)."""
-        tasks = stage1_tasks(self.config.clients, generator=self.generators["stage1"])
-        replies = self._pool().release_statistics(tasks, global_state=self.global_state)
-        received = {c: r for c, r in replies.items() if not isinstance(r, BaseException)}
-        failed = {c: _reason(r) for c, r in replies.items() if isinstance(r, BaseException)}
-        # Validation point: the received (noised) statistics, before pooling.
-        if len(received) < len(tasks):
-            warnings.warn(
-                f"stage 1: {len(received)} of {len(tasks)} clients sent statistics; the "
-                f"prior is pooled from those (failed: {failed}); the release is still "
-                "charged to every client",
-                ClientDropoutWarning,
-                stacklevel=2,
-            )
-        order = sorted(received)
-        norms = [received[c][1] for c in order]
-        result = train_codec(
-            [received[c][0] for c in order],
-            self.config,
-            generator=self.generators["stage1"],
-            device=self.config.model.device,
-            statistics_norms=None if any(n is None for n in norms) else norms,
-            progress=self.progress,
-        )
-        if self.spec.private:
-            self.ledger.record(result.dp_event, kind="statistics", label="stage-1 statistics")
-        # Clients receive the encoder (and the normalisation); the decoder stays on the server.
-        encoder_bytes = sum(
-            t.numel() * t.element_size()
-            for k, t in result.codec.state_dict().items()
-            if ".decoder." not in k
-        )
-        row = {
-            "kind": "stage1",
-            "round": 0,
-            "bytes_up": len(received) * _stats_bytes(self.layout, self.config),
-            "bytes_down": len(received) * encoder_bytes,
-            "failed": {str(c): r for c, r in failed.items()},
-            **{k: v for k, v in result.report.items() if k not in _UNRELEASED},
-        }
-        if "statistics_norms" in result.report:
-            # Known only inside a simulation (a real server never sees them): the
-            # clients' unreleased statistics norms, for choosing stage1.clip_norm.
-            row["simulation_diagnostics"] = {k: result.report[k] for k in _UNRELEASED}
-        self._append(row)
-        return result.codec
-
     # -- metrics -----------------------------------------------------------------------
     def _append(self, row: dict) -> None:
         self.rows.append(row)
@@ -367,7 +306,7 @@ class FederatedServer:
         self._plan_noise()
         self.evaluate()
         codec_dir = self.run_dir / "checkpoints" / "codec"
-        self._build_codec().save(codec_dir)
+        build_codec(self).save(codec_dir)
         # Use the saved codec, exactly as a resumed run will.
         self.codec = load_codec(codec_dir)
         self._checkpoint()
@@ -554,8 +493,3 @@ class FederatedServer:
 
         set_adapter_state(self.model, self.global_state)
         return write_outputs(self)
-
-
-def _stats_bytes(layout, config: RunConfig) -> int:
-    """Bytes one client uploads in stage 1: a mean and a std per block per epoch."""
-    return 2 * len(layout.blocks) * config.stage1.epochs * 4
