@@ -30,3 +30,7 @@ class CheckpointError(DrencoderError):
 
 class StorageError(DrencoderError, OSError):
     """A run directory cannot be created or written, or its disk lacks the space a run needs."""
+
+
+class ClientDropoutWarning(UserWarning):
+    """Fewer clients replied in a round (or in stage 1) than were asked."""

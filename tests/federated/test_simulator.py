@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.config import load_config
-from drencoder.federated import simulator as sim_mod
+from drencoder.federated import orchestration as orch_mod
+from drencoder.federated import runtime as runtime_mod
 from drencoder.federated.simulator import Simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
@@ -172,13 +173,13 @@ def test_local_noise_charges_participants_only(tmp_path):
 
 def test_clients_share_one_base_model(tmp_path, monkeypatch):
     seen = []
-    real = sim_mod.local_update
+    real = runtime_mod.local_update
 
     def spy(model, *args, **kwargs):
         seen.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(sim_mod, "local_update", spy)
+    monkeypatch.setattr(runtime_mod, "local_update", spy)
     sim = make(tmp_path, "method=dp-fedavg-lora")
     sim.run()
     assert len(seen) == 3 * 3
@@ -236,9 +237,9 @@ def test_secure_rng_runs_draw_different_noise_and_resume_continues_the_stream(tm
     secure, secure_a = states("secure-a", "privacy.secure_rng=true")
     _, secure_b = states("secure-b", "privacy.secure_rng=true")
     assert all(torch.equal(plain_a[k], plain_b[k]) for k in plain_a)  # reproducible
-    for name in sim_mod.GENERATORS:
+    for name in orch_mod.GENERATORS:
         same = torch.equal(secure_a[name], secure_b[name])
-        assert same == (name not in sim_mod.SECURE_STREAMS), name
+        assert same == (name not in orch_mod.SECURE_STREAMS), name
         assert same == torch.equal(secure_a[name], plain_a[name]), name
     secure.run()
     resumed = Simulator.resume(

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.codecs import IdentityCodec, RandomProjectionCodec
 from drencoder.config import load_config
-from drencoder.federated import simulator as sim_mod
+from drencoder.federated import orchestration as orch_mod
+from drencoder.federated import runtime as runtime_mod
 from drencoder.federated.simulator import Simulator
 from drencoder.federated.validation import (
     TAIL_T,
@@ -140,7 +141,7 @@ def simulate(tmp_path, name, method, monkeypatch, *, corrupt=False, drop=False):
     """One tiny run. ``corrupt``: the 2nd message of round 1 (client 1) becomes NaN after it
     was drawn (same RNG use). ``drop``: no corruption, but client 1's message of round 1 is
     removed from the list handed to ``aggregate``, i.e. simply absent from aggregation."""
-    real_make, real_aggregate = sim_mod.make_message, sim_mod.aggregate
+    real_make, real_aggregate = runtime_mod.make_message, orch_mod.aggregate
     calls = {"make": 0, "aggregate": 0}
 
     def make_message(*args, **kwargs):
@@ -156,8 +157,8 @@ def simulate(tmp_path, name, method, monkeypatch, *, corrupt=False, drop=False):
             messages = [m for i, m in enumerate(messages) if i != 1]
         return real_aggregate(messages, **kwargs)
 
-    monkeypatch.setattr(sim_mod, "make_message", make_message)
-    monkeypatch.setattr(sim_mod, "aggregate", aggregate)
+    monkeypatch.setattr(runtime_mod, "make_message", make_message)
+    monkeypatch.setattr(orch_mod, "aggregate", aggregate)
     cfg = load_config(preset="smoke", overrides=[*BASE, f"method={method}"])
     sim = Simulator(
         cfg,

@@ -15,6 +15,7 @@ from drencoder.codecs.base import (
     Codec,
     latent_dim_for,
     load_codec,
+    rebuild_codec,
     register_codec,
     registered_codecs,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "TrainReport",
     "latent_dim_for",
     "load_codec",
+    "rebuild_codec",
     "register_codec",
     "registered_codecs",
     "train_autoencoder",

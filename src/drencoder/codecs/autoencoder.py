@@ -53,7 +53,7 @@ from drencoder.codecs.base import (
 )
 from drencoder.codecs.chunking import Chunker
 from drencoder.codecs.networks import ChunkMLP, ConvAutoencoder
-from drencoder.errors import ConfigError
+from drencoder.errors import CheckpointError, ConfigError
 from drencoder.lora.layout import Layout
 from drencoder.mechanisms.options import ConfigEnum
 from drencoder.prior.sampler import PriorSampler
@@ -96,6 +96,7 @@ class AutoencoderCodec(Codec):
     """Shared plumbing: normalisation, weight init, save/load. Subclasses shape the input."""
 
     network: nn.Module
+    encoder_only: bool = False
 
     def __init__(
         self,
@@ -191,6 +192,11 @@ class AutoencoderCodec(Codec):
         return self.network.encoder(self.prepare(x)).reshape(x.shape[0], self.latent_dim)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.encoder_only:
+            raise ConfigError(
+                f"this {self.name} codec holds only the encoder (a client's copy) and "
+                "cannot decode; decode on the server, which keeps the whole codec"
+            )
         n = z.shape[0]
         y = self._from_network(self.network.decoder(z.reshape(self._latent_shape(n))), n)
         return y * self._scale_e + self._shift_e
@@ -226,7 +232,19 @@ class AutoencoderCodec(Codec):
             **arch,
         )
         weights = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
-        codec.network.load_state_dict(weights, strict=True)
+        if any(k.startswith("decoder.") for k in weights):
+            codec.network.load_state_dict(weights, strict=True)
+            return codec
+        # An encoder-only state (``encoder_state_dict``): what a client receives.
+        result = codec.network.load_state_dict(weights, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("decoder.")]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(
+                f"encoder state does not fit {cls.name}: missing {missing}, unexpected "
+                f"{list(result.unexpected_keys)}; send codec.encoder_state_dict() of the "
+                "same codec"
+            )
+        codec.encoder_only = True
         return codec
 
 

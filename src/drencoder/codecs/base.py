@@ -108,6 +108,14 @@ class Codec(ABC):
     def from_saved(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Codec:
         """Rebuild a codec from ``config()`` and ``state_dict()``."""
 
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a client needs to encode: ``state_dict()`` without the decoder's tensors.
+
+        :meth:`from_saved` accepts it in place of the whole state; the codec it rebuilds
+        encodes and refuses to decode (the decoder stays on the server, DESIGN §2).
+        """
+        return {k: v for k, v in self.state_dict().items() if ".decoder." not in k}
+
     @property
     def bytes_per_upload(self) -> int:
         """Bytes of one float32 latent: ``latent_dim × 4``."""
@@ -181,13 +189,19 @@ def load_codec(directory: str | Path) -> Codec:
             f"codec format {got!r} in {directory / CONFIG_FILE} is not supported, "
             f"expected {FORMAT_VERSION}; {fix}"
         )
-    name = meta.get("codec")
-    if name not in _REGISTRY:
-        raise CheckpointError(f"unknown codec {name!r}; registered: {registered_codecs()}")
     try:
-        return _REGISTRY[name].from_saved(meta.get("config", {}), tensors)
+        return rebuild_codec(meta.get("codec"), meta.get("config", {}), tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"saved codec in {directory} does not match its {CONFIG_FILE} "
             f"({type(exc).__name__}: {' '.join(str(exc).split())}); {fix}"
         ) from None
+
+
+def rebuild_codec(
+    name: str, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> Codec:
+    """The registered codec ``name`` from its ``config()`` and (encoder) state, as sent."""
+    if name not in _REGISTRY:
+        raise CheckpointError(f"unknown codec {name!r}; registered: {registered_codecs()}")
+    return _REGISTRY[name].from_saved(config, tensors)

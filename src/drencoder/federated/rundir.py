@@ -130,3 +130,44 @@ def read_metrics(path: Path, expected: int) -> list[dict]:
     if not all(isinstance(r, dict) for r in rows):
         raise CheckpointError(f"{path} holds rows that are not JSON objects; start a new run")
     return rows
+
+
+def check_run_space(server) -> None:
+    """``StorageError`` before any training when the disk cannot hold ``server``'s run."""
+    c = server.config.codec
+    codec_bytes = (
+        0
+        if server.codec is not None
+        else codec_bytes_estimate(
+            input_dim=server.layout.dim,
+            chunk_size=c.chunk_size,
+            compression_ratio=c.compression_ratio,
+        )
+    )
+    adapter_bytes = sum(v.numel() * v.element_size() for v in server.global_state.values())
+    need = estimate_run_bytes(adapter_bytes=adapter_bytes, codec_bytes=codec_bytes)
+    check_free_space(server.run_dir, need_bytes=need)
+
+
+def restore_model_state(server, ckpt) -> None:
+    """Load a checkpoint's adapter and generator states into ``server``, or
+    ``CheckpointError`` naming the file and the fix when they do not fit."""
+    from drencoder.lora import get_adapter_state, set_adapter_state
+
+    try:
+        set_adapter_state(server.model, ckpt.global_state)
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"adapter.safetensors of the round-{ckpt.round} checkpoint does not fit this "
+            f"model and config ({' '.join(str(exc).split())[:300]}); resume with the "
+            "run's own model, or start a new run with --out"
+        ) from None
+    try:
+        for name, state in ckpt.rng_states.items():
+            server.generators[name].set_state(state)
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(
+            f"rng.safetensors of the round-{ckpt.round} checkpoint holds an unusable "
+            f"generator state ({type(exc).__name__}: {exc}); start a new run with --out"
+        ) from None
+    server.global_state = get_adapter_state(server.model)

@@ -20,10 +20,12 @@ another, only the LoRA state swapped):
    auto-encoder of ``codec.architecture`` on prior samples only
    (:func:`~drencoder.codecs.train_autoencoder` refuses anything but a sampler).
 
-Every client takes part. All randomness (batch order, local-training seeds, release noise,
-auto-encoder init and samples, the check samples of the report) is drawn from the one
-generator passed to :func:`run_stage1`, in a fixed order, so the result is a function of
-(config, generator state). The auto-encoder is moved to the model's device.
+The stage is split along the wire: :func:`stage1_tasks` (server: per-client seeds),
+:func:`release_client_statistics` (client: warm-up, statistics, clipped and noised
+release) and :func:`train_codec` (server: pooling and the auto-encoder). The simulator and
+the Flower apps call these same pieces; :func:`run_stage1` composes them in one process.
+Batch order, local-training seeds, auto-encoder init and samples are drawn from the
+server's generator in a fixed order; the release noise from the client's own generator.
 
 The report holds, besides what was charged and trained, the norms of the clients'
 *unreleased* statistics vectors and how many exceeded ``stage1.clip_norm``: a simulator
@@ -208,65 +210,107 @@ def _model_device(model) -> torch.device:
     return next(p for p in model.parameters() if p.requires_grad).device
 
 
-def run_stage1(
+@dataclass(frozen=True)
+class Stage1Task:
+    """What the server sends one client for its stage-1 warm-up (besides the adapter).
+
+    The seeds fix the client's batch order and training randomness; they come from the
+    server's ``stage1`` generator. The release noise does *not*: the client draws it from
+    a generator of its own (see :meth:`ClientRuntime.release_statistics
+    <drencoder.federated.runtime.ClientRuntime.release_statistics>`).
+    """
+
+    client: int
+    data_seed: int
+    train_seed: int
+
+
+def stage1_tasks(num_clients: int, *, generator: torch.Generator) -> list[Stage1Task]:
+    """Server side: one task per client, seeds drawn from ``generator`` in client order."""
+    return [
+        Stage1Task(client=c, data_seed=draw_seed(generator), train_seed=draw_seed(generator))
+        for c in range(num_clients)
+    ]
+
+
+def warmup_steps(config: RunConfig) -> int:
+    s1 = config.stage1
+    return s1.warmup_steps if s1.warmup_steps is not None else config.local.steps
+
+
+def release_client_statistics(
     model,
     global_state: dict[str, torch.Tensor],
     workload: Workload,
+    task: Stage1Task,
     config: RunConfig,
     *,
     layout: Layout,
+    noise_generator: torch.Generator,
+    progress: bool = False,
+) -> tuple[ClientStatistics, float]:
+    """Client side of stage 1: warm up, keep the statistics, release them.
+
+    Returns the *released* statistics (clipped and noised with ``noise_generator`` unless
+    ``stage1.release_noise = false``), the only thing that leaves a client, and the norm of
+    the unreleased statistics vector, a local diagnostic that must not be uploaded.
+    """
+    data = torch.Generator().manual_seed(task.data_seed)
+    batches = [
+        workload.batches(
+            task.client,
+            steps=warmup_steps(config),
+            batch_size=config.data.batch_size,
+            generator=data,
+        )
+        for _ in range(config.stage1.epochs)
+    ]
+    stats = collect_client_statistics(
+        model,
+        global_state,
+        batches,
+        config.local,
+        layout=layout,
+        seed=task.train_seed,
+        progress=progress,
+    )
+    norm = float(stats.to_vector().double().norm())
+    return release_for(config).release(stats, generator=noise_generator), norm
+
+
+def train_codec(
+    released: Sequence[ClientStatistics],
+    config: RunConfig,
+    *,
     generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    statistics_norms: Sequence[float] | None = None,
     progress: bool = True,
 ) -> Stage1Result:
-    """Run stage 1 for every client of ``workload`` and train the auto-encoder.
+    """Server side of stage 1: pool the released statistics, train the auto-encoder.
 
-    ``model`` carries the LoRA adapter (``attach_lora``); it is left at ``global_state``.
-    ``layout`` is the uplink layout (``adapter_layout(model, sent=config.lora.sent)``).
-
-    ``report`` keys: ``clients``, ``epochs``, ``warmup_steps``, ``batch_size``,
-    ``release`` (settings and ``noise_std``), ``pooling``, ``statistics_norms`` and
-    ``clipped_clients`` (unreleased, simulator diagnostic), ``autoencoder`` (name,
-    dimensions, architecture settings), ``training`` (``TrainReport.to_dict()`` without
-    its time), ``prior_check`` (relative error and cosine on fresh prior samples),
-    ``training_seconds`` and ``seconds`` (the whole stage). Every key but the two times is
-    a deterministic function of (config, generator state).
+    ``released`` holds what the clients that replied uploaded. ``statistics_norms`` (the
+    clients' unreleased norms) is known only inside a simulation; it is reported when
+    given. See :func:`run_stage1` for the report's keys.
     """
-    from tqdm.auto import tqdm
-
-    if not isinstance(config, RunConfig):
-        raise ConfigError(f"config must be a RunConfig, got {type(config).__name__}")
-    if config.codec.architecture is Architecture.CONV:
-        conv_stages_for(config.codec.compression_ratio)  # fail before the warm-up, not after
-    start = time.perf_counter()
-    s1 = config.stage1
-    steps = s1.warmup_steps if s1.warmup_steps is not None else config.local.steps
-    release = release_for(config)
-    released, norms = [], []
-    for client in tqdm(
-        range(len(workload.clients)), desc="stage 1 warm-up", unit="client", disable=not progress
-    ):
-        batches = [
-            workload.batches(
-                client, steps=steps, batch_size=config.data.batch_size, generator=generator
-            )
-            for _ in range(s1.epochs)
-        ]
-        stats = collect_client_statistics(
-            model, global_state, batches, config.local, layout=layout, seed=draw_seed(generator)
-        )
-        norms.append(float(stats.to_vector().double().norm()))
-        released.append(release.release(stats, generator=generator))
     if not released:
-        raise ConfigError("stage 1 needs at least one client, the workload has none")
+        raise ConfigError(
+            "stage 1 needs the statistics of at least one client, none arrived; check "
+            "that clients are connected (or that the workload has clients)"
+        )
+    if config.codec.architecture is Architecture.CONV:
+        conv_stages_for(config.codec.compression_ratio)
+    start = time.perf_counter()
+    release = release_for(config)
     pooled = pool_statistics(
-        released,
-        method=s1.pooling,
+        list(released),
+        method=config.stage1.pooling,
         released_noise_std=release.noise_std,
         clip_norm=release.clip_norm if release.enabled else None,
     )
     sampler = PriorSampler(pooled)
     codec = make_autoencoder(sampler, config.codec, generator=generator)
-    codec.to(_model_device(model))
+    codec.to(device)
     training = train_autoencoder(
         codec,
         sampler,
@@ -280,20 +324,83 @@ def run_stage1(
     )
     report = {
         "clients": len(released),
-        "epochs": s1.epochs,
-        "warmup_steps": steps,
+        "epochs": config.stage1.epochs,
+        "warmup_steps": warmup_steps(config),
         "batch_size": config.data.batch_size,
         "release": {**release.to_dict(), "noise_std": release.noise_std},
-        "pooling": s1.pooling.value,
-        "statistics_norms": norms,
-        "clipped_clients": sum(n > release.clip_norm for n in norms) if release.enabled else 0,
-        "autoencoder": {
-            "name": codec.name,
-            **{k: v for k, v in codec.config().items() if k != "layout"},
-        },
-        "training": {k: v for k, v in training.to_dict().items() if k != "seconds"},
-        "training_seconds": training.seconds,
-        "prior_check": check.to_dict(),
-        "seconds": time.perf_counter() - start,
+        "pooling": config.stage1.pooling.value,
     }
+    if statistics_norms is not None:
+        norms = list(statistics_norms)
+        report["statistics_norms"] = norms
+        report["clipped_clients"] = (
+            sum(n > release.clip_norm for n in norms) if release.enabled else 0
+        )
+    report.update(
+        {
+            "autoencoder": {
+                "name": codec.name,
+                **{k: v for k, v in codec.config().items() if k != "layout"},
+            },
+            "training": {k: v for k, v in training.to_dict().items() if k != "seconds"},
+            "training_seconds": training.seconds,
+            "prior_check": check.to_dict(),
+            "seconds": time.perf_counter() - start,
+        }
+    )
     return Stage1Result(codec=codec, sampler=sampler, dp_event=release.dp_event(), report=report)
+
+
+def run_stage1(
+    model,
+    global_state: dict[str, torch.Tensor],
+    workload: Workload,
+    config: RunConfig,
+    *,
+    layout: Layout,
+    generator: torch.Generator,
+    noise_generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Stage1Result:
+    """Run stage 1 in one process: every client's release, then the auto-encoder.
+
+    The composition of :func:`stage1_tasks` (seeds from ``generator``),
+    :func:`release_client_statistics` for every client (release noise from
+    ``noise_generator``, default ``generator``) and :func:`train_codec` (``generator``).
+    ``model`` carries the LoRA adapter (``attach_lora``); it is left at ``global_state``.
+    ``layout`` is the uplink layout (``adapter_layout(model, sent=config.lora.sent)``).
+
+    ``report`` keys: ``clients``, ``epochs``, ``warmup_steps``, ``batch_size``,
+    ``release`` (settings and ``noise_std``), ``pooling``, ``statistics_norms`` and
+    ``clipped_clients`` (unreleased, simulator diagnostic), ``autoencoder`` (name,
+    dimensions, architecture settings), ``training`` (``TrainReport.to_dict()`` without
+    its time), ``prior_check`` (relative error and cosine on fresh prior samples),
+    ``training_seconds`` and ``seconds`` (the whole stage). Every key but the two times is
+    a deterministic function of (config, generator states).
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config must be a RunConfig, got {type(config).__name__}")
+    if config.codec.architecture is Architecture.CONV:
+        conv_stages_for(config.codec.compression_ratio)  # fail before the warm-up, not after
+    start = time.perf_counter()
+    noise = generator if noise_generator is None else noise_generator
+    released, norms = [], []
+    tasks = stage1_tasks(len(workload.clients), generator=generator)
+    for task in tqdm(tasks, desc="stage 1 warm-up", unit="client", disable=not progress):
+        stats, norm = release_client_statistics(
+            model, global_state, workload, task, config, layout=layout, noise_generator=noise
+        )
+        released.append(stats)
+        norms.append(norm)
+    result = train_codec(
+        released,
+        config,
+        generator=generator,
+        device=_model_device(model),
+        statistics_norms=norms,
+        progress=progress,
+    )
+    result.report["seconds"] = time.perf_counter() - start
+    return result

@@ -15,10 +15,10 @@ from drencoder import __version__
 from drencoder.reporting import plot_run, write_report
 
 if TYPE_CHECKING:
-    from drencoder.federated.simulator import Simulator
+    from drencoder.federated.orchestration import FederatedServer
 
 
-def summarize(sim: Simulator) -> dict:
+def summarize(sim: FederatedServer) -> dict:
     cfg, rows = sim.config, sim.rows
     rounds = [r for r in rows if r["kind"] == "round"]
     stage1 = next((r for r in rows if r["kind"] == "stage1"), None)
@@ -89,7 +89,7 @@ def summarize(sim: Simulator) -> dict:
     }
 
 
-def write_outputs(sim: Simulator) -> dict:
+def write_outputs(sim: FederatedServer) -> dict:
     run_dir = sim.run_dir
     sim.model.save_pretrained(run_dir / "adapter")
     summary = summarize(sim)

@@ -1,0 +1,1 @@
+"""A thin Flower app over drencoder.integrations.flower (see docs/deployment.md)."""

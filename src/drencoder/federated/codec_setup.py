@@ -1,0 +1,99 @@
+"""The uplink codec of a run, built once at its start (DESIGN §2, §5).
+
+Identity and random projection need nothing from the clients. DR-Encoder runs stage 1
+across the wire: the server draws the clients' seeds (:func:`stage1_tasks`), the client
+pool returns each client's released statistics, the server pools the ones that arrived and
+trains the auto-encoder (:func:`train_codec`), charges the release and writes the
+``stage1`` metrics row.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec
+from drencoder.config import RunConfig
+from drencoder.errors import ClientDropoutWarning
+from drencoder.federated.methods import CodecKind
+from drencoder.federated.stage1 import stage1_tasks, train_codec
+
+if TYPE_CHECKING:
+    from drencoder.federated.orchestration import FederatedServer
+
+_UNRELEASED = ("statistics_norms", "clipped_clients")
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def build_codec(server: FederatedServer) -> Codec:
+    """The run's codec: identity, seeded projection, or stage 1's auto-encoder."""
+    from drencoder.federated.orchestration import derive_seed
+
+    c = server.config.codec
+    if server.spec.codec is CodecKind.IDENTITY:
+        return IdentityCodec(input_dim=server.layout.dim)
+    if server.spec.codec is CodecKind.PROJECTION:
+        return RandomProjectionCodec(
+            input_dim=server.layout.dim,
+            compression_ratio=c.compression_ratio,
+            chunk_size=c.chunk_size,
+            seed=derive_seed(server.config.seed, "projection"),
+        )
+    return _stage1(server)
+
+
+def _stage1(server: FederatedServer) -> Codec:
+    """DR-Encoder stage 1: the clients' releases, then the auto-encoder (server)."""
+    tasks = stage1_tasks(server.config.clients, generator=server.generators["stage1"])
+    replies = server._pool().release_statistics(tasks, global_state=server.global_state)
+    received = {c: r for c, r in replies.items() if not isinstance(r, BaseException)}
+    failed = {c: _reason(r) for c, r in replies.items() if isinstance(r, BaseException)}
+    # Validation point: the received (noised) statistics, before pooling.
+    if len(received) < len(tasks):
+        warnings.warn(
+            f"stage 1: {len(received)} of {len(tasks)} clients sent statistics; the "
+            f"prior is pooled from those (failed: {failed}); the release is still "
+            "charged to every client",
+            ClientDropoutWarning,
+            stacklevel=2,
+        )
+    order = sorted(received)
+    norms = [received[c][1] for c in order]
+    result = train_codec(
+        [received[c][0] for c in order],
+        server.config,
+        generator=server.generators["stage1"],
+        device=server.config.model.device,
+        statistics_norms=None if any(n is None for n in norms) else norms,
+        progress=server.progress,
+    )
+    if server.spec.private:
+        server.ledger.record(result.dp_event, kind="statistics", label="stage-1 statistics")
+    # Clients receive the encoder (and the normalisation); the decoder stays on the server.
+    encoder_bytes = sum(
+        t.numel() * t.element_size()
+        for k, t in result.codec.state_dict().items()
+        if ".decoder." not in k
+    )
+    row = {
+        "kind": "stage1",
+        "round": 0,
+        "bytes_up": len(received) * _stats_bytes(server.layout, server.config),
+        "bytes_down": len(received) * encoder_bytes,
+        "failed": {str(c): r for c, r in failed.items()},
+        **{k: v for k, v in result.report.items() if k not in _UNRELEASED},
+    }
+    if "statistics_norms" in result.report:
+        # Known only inside a simulation (a real server never sees them): the
+        # clients' unreleased statistics norms, for choosing stage1.clip_norm.
+        row["simulation_diagnostics"] = {k: result.report[k] for k in _UNRELEASED}
+    server._append(row)
+    return result.codec
+
+
+def _stats_bytes(layout, config: RunConfig) -> int:
+    """Bytes one client uploads in stage 1: a mean and a std per block per epoch."""
+    return 2 * len(layout.blocks) * config.stage1.epochs * 4

@@ -1,0 +1,515 @@
+"""The server's side of a run, whatever carries the messages (DESIGN §2, §3, §7).
+
+:class:`FederatedServer` owns the global adapter, the privacy ledger, the codec, the
+server's named generators, the metrics, checkpoints and outputs of a run directory. A
+round is two calls around the clients' work:
+
+- :meth:`FederatedServer.plan_round`: sample clients, draw their seeds, refuse a round
+  that would take ε past the target (:class:`RoundPlan`);
+- :meth:`FederatedServer.finish_round`: take the replies that arrived, aggregate, decode,
+  update the adapter, charge the ledger for the clients that replied, write the metrics
+  row, checkpoint.
+
+Who runs the clients is a :class:`ClientPool`: the in-process simulator
+(:mod:`drencoder.federated.simulator`) or Flower SuperNodes
+(:mod:`drencoder.integrations.flower`). Both use the same
+:class:`~drencoder.federated.runtime.ClientRuntime` on the client side.
+
+Every random choice of the server comes from one of the run's named generators
+(sampling, data, train, noise, stage1), derived from ``seed`` and checkpointed, so a
+resumed run is bit-identical to an uninterrupted one. With ``privacy.secure_rng`` the
+streams that draw DP noise (noise, stage1) are seeded from OS entropy instead; their states
+are still checkpointed, so resume continues them exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from drencoder import accounting
+from drencoder.codecs import Codec, load_codec
+from drencoder.config import RunConfig, dump_toml, load_config
+from drencoder.errors import BudgetExceeded, CheckpointError, ClientDropoutWarning, ConfigError
+from drencoder.evaluation import eval_record, score_multiple_choice
+from drencoder.federated import budget, rundir
+from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from drencoder.federated.codec_setup import build_codec
+from drencoder.federated.methods import spec_for
+from drencoder.federated.runtime import ClientResult, ClientTask
+from drencoder.federated.sampling import sample_clients
+from drencoder.federated.server import aggregate
+from drencoder.federated.stage1 import Stage1Task, release_for
+from drencoder.federated.validation import accept_messages, message_limits
+from drencoder.federated.workload import build_workload
+from drencoder.lora import (
+    adapter_layout,
+    apply_delta,
+    attach_lora,
+    get_adapter_state,
+    set_adapter_state,
+)
+from drencoder.mechanisms import GaussianMechanism, noise_generator
+from drencoder.prior import ClientStatistics
+
+GENERATORS = ("sampling", "data", "train", "noise", "stage1")
+# The streams that draw DP noise; privacy.secure_rng seeds them from OS entropy.
+SECURE_STREAMS = ("noise", "stage1")
+
+StatisticsReply = tuple[ClientStatistics, float | None]
+"""A client's released stage-1 statistics and, in a simulation only, its unreleased norm."""
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for the named stream, stable across machines and versions."""
+    digest = hashlib.sha256(f"drencoder/{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """One round as the server planned it: who was sampled, their seeds, the charge."""
+
+    round: int
+    tasks: tuple[ClientTask, ...]
+    charge: tuple | None
+    """``(event, clients)`` from :func:`budget.round_charge`, or None for a non-private run."""
+
+    @property
+    def sampled(self) -> list[int]:
+        return [t.client for t in self.tasks]
+
+
+class ClientPool(Protocol):
+    """Runs the clients' side. Each reply is a result or the exception that replaced it."""
+
+    def release_statistics(
+        self, tasks: Sequence[Stage1Task], *, global_state: dict[str, torch.Tensor]
+    ) -> Mapping[int, StatisticsReply | BaseException]: ...
+
+    def train(
+        self,
+        plan: RoundPlan,
+        *,
+        global_state: dict[str, torch.Tensor],
+        codec: Codec,
+        mechanism: GaussianMechanism | None,
+    ) -> Mapping[int, ClientResult | BaseException]: ...
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+class FederatedServer:
+    """Runs (or resumes) the server side of one federated job into a run directory.
+
+    ``model_and_tokenizer`` injects an already loaded base model (tests use tiny random
+    models); otherwise ``config.model.name`` is loaded. ``hook(event, **info)`` is called
+    at fixed points (``"round_done"``, and the pool's own events) for tests and
+    integrations. Set :attr:`clients` to a :class:`ClientPool` before :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        model_and_tokenizer=None,
+        progress: bool = True,
+        hook: Callable[..., None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.hook = hook or (lambda event, **info: None)
+        self.spec = spec_for(config.method)
+        if model_and_tokenizer is None:
+            from drencoder.models import load_model
+
+            model_and_tokenizer = load_model(
+                config.model.name, device=config.model.device, progress=progress
+            )
+        base, self.tokenizer = model_and_tokenizer
+        self.model = attach_lora(
+            base, config.lora, seed=derive_seed(config.seed, "lora"), device=config.model.device
+        )
+        self.layout = adapter_layout(self.model, sent=self.spec.sent)
+        self.global_state = get_adapter_state(self.model)
+        self.workload = build_workload(config, self.tokenizer)
+        self.generators = {
+            name: noise_generator(
+                derive_seed(config.seed, name),
+                secure=config.privacy.secure_rng and name in SECURE_STREAMS,
+            )
+            for name in GENERATORS
+        }
+        self.release = release_for(config)
+        self.ledger = accounting.PrivacyLedger(delta=config.delta)
+        self.codec: Codec | None = None
+        self.noise_multiplier: float | None = None
+        self.sigma_source = "config"
+        self.round = 0
+        self.stop_reason = ""
+        self.rows: list[dict] = []
+        self.clients: ClientPool | None = None
+
+    # -- set-up ------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _plan_noise(self) -> None:
+        if not self.spec.private:
+            return
+        sigma = self.config.privacy.noise_multiplier
+        if sigma is None:
+            stats_event = self.release.dp_event() if self.spec.stage1 else None
+            sigma = budget.calibrate_noise(self.config, stats_event)
+            self.sigma_source = (
+                f"calibrated for epsilon <= {self.config.target_epsilon:g} under "
+                f"{self.config.privacy.accountant}"
+            )
+        self.noise_multiplier = float(sigma)
+
+    @property
+    def mechanism(self) -> GaussianMechanism | None:
+        if not self.spec.private:
+            return None
+        p = self.config.privacy
+        return GaussianMechanism(
+            clip_norm=p.clip_norm, noise_multiplier=self.noise_multiplier, placement=p.placement
+        )
+
+    def _pool(self) -> ClientPool:
+        if self.clients is None:
+            raise ConfigError(
+                "this FederatedServer has no clients: set server.clients to a ClientPool "
+                "(the Simulator and the Flower ServerApp do this)"
+            )
+        return self.clients
+
+    # -- metrics -----------------------------------------------------------------------
+    def _append(self, row: dict) -> None:
+        self.rows.append(row)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _epsilons(self) -> dict[str, float] | None:
+        if not self.spec.private:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", accounting.GdpApproximationWarning)
+            return self.ledger.epsilons()
+
+    def evaluate(self) -> dict:
+        """Score the global adapter on the fixed held-out set; append an ``eval`` row."""
+        set_adapter_state(self.model, self.global_state)
+        w, ev = self.workload, self.config.eval
+        mc = score_multiple_choice(
+            self.model,
+            self.tokenizer,
+            w.eval_items,
+            fmt=w.fmt,
+            n_shot=ev.n_shot,
+            exemplars=w.exemplars,
+            batch_size=self.config.data.batch_size,
+            progress=self.progress,
+        )
+        eps = self._epsilons()
+        record = eval_record(
+            mc,
+            task=w.task,
+            model_name=self.config.model.name,
+            adapter=self.layout.flatten(self.layout.restrict(self.global_state)),
+            method=self.config.method.value,
+            epsilon=eps[self.config.privacy.accountant] if eps else None,
+            delta=self.config.delta if eps else None,
+        )
+        row = {
+            "kind": "eval",
+            "round": self.round,
+            "accuracy": mc.accuracy,
+            # Answer-only held-out loss: the mean NLL of the correct answer token, which
+            # the scorer already computed (held-out loss on the same examples would
+            # recompute exactly this, see docs/data.md).
+            "heldout_loss": -mc.mean_logprob_correct,
+            "questions": mc.n_questions,
+            **{k: v for k, v in record.items() if k not in ("accuracy",)},
+        }
+        self._append(row)
+        return row
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        save_checkpoint(
+            self.run_dir,
+            Checkpoint(
+                round=self.round,
+                global_state=self.global_state,
+                rng_states={k: g.get_state() for k, g in self.generators.items()},
+                ledger=self.ledger,
+                metrics_rows=len(self.rows),
+                noise_multiplier=self.noise_multiplier,
+                extra={"sigma_source": self.sigma_source, "stop_reason": self.stop_reason},
+            ),
+        )
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        # Read and check everything first, write last: a damaged run directory raises
+        # CheckpointError with its files untouched.
+        codec = load_codec(self.run_dir / "checkpoints" / "codec")
+        rows = rundir.read_metrics(self.metrics_path, ckpt.metrics_rows)
+        rundir.restore_model_state(self, ckpt)
+        self.ledger = ckpt.ledger
+        self.round = ckpt.round
+        self.noise_multiplier = ckpt.noise_multiplier
+        self.sigma_source = ckpt.extra.get("sigma_source", "config")
+        self.stop_reason = ckpt.extra.get("stop_reason", "")
+        self.rows = rows
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.codec = codec
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, **kwargs):
+        """An instance that continues ``run_dir`` from its last checkpoint.
+
+        The config and the checkpoint are read before the model is loaded, so a damaged
+        run directory fails fast; nothing in it is written until all of it has been read.
+        """
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.toml"
+        if not config_path.is_file():
+            raise CheckpointError(
+                f"{run_dir} is not a drencoder run directory (no config.toml); give the --out "
+                "directory of an earlier `drencoder run`"
+            )
+        config = load_config(config_path)
+        ckpt = load_checkpoint(run_dir)
+        server = cls(config, run_dir, **kwargs)
+        server._restore(ckpt)
+        return server
+
+    # -- the run -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Fresh run: write the config, evaluate, plan σ, stage 1, checkpoint round 0."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / "checkpoints" / "latest.json").exists():
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; resume it with --resume {self.run_dir} "
+                "or choose another --out"
+            )
+        (self.run_dir / "config.toml").write_text(dump_toml(self.config))
+        self.metrics_path.write_text("")
+        self._plan_noise()
+        self.evaluate()
+        codec_dir = self.run_dir / "checkpoints" / "codec"
+        build_codec(self).save(codec_dir)
+        # Use the saved codec, exactly as a resumed run will.
+        self.codec = load_codec(codec_dir)
+        self._checkpoint()
+
+    def run(self) -> dict:
+        """Run every remaining round, then write the outputs; returns the summary."""
+        rundir.check_run_space(self)
+        if self.codec is None:
+            self.start()
+        cfg = self.config
+        bar = tqdm(
+            range(self.round + 1, cfg.rounds + 1),
+            desc="rounds",
+            initial=self.round,
+            total=cfg.rounds,
+            disable=not self.progress,
+        )
+        for t in bar:
+            if self.stop_reason:
+                break
+            try:
+                self.run_round(t)
+            except BudgetExceeded as exc:
+                self.stop_reason = str(exc)
+                self._checkpoint()
+                break
+            eps = self._epsilons()
+            if eps:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in eps.items()})
+        if not self.rows or self.rows[-1].get("kind") != "eval":
+            self.evaluate()
+        return self.finish()
+
+    def run_round(self, t: int) -> None:
+        """Plan round ``t``, let the client pool do the clients' work, finish the round."""
+        start = time.perf_counter()
+        plan = self.plan_round(t)
+        replies = self._pool().train(
+            plan, global_state=self.global_state, codec=self.codec, mechanism=self.mechanism
+        )
+        self.finish_round(plan, replies, started=start)
+
+    def plan_round(self, t: int) -> RoundPlan:
+        """Sample the round's clients, draw their seeds, check the budget.
+
+        Raises :class:`BudgetExceeded` (before anything is sent) when the round would take
+        ε past ``target_epsilon``, assuming every sampled client replies.
+        """
+        cfg, mech = self.config, self.mechanism
+        sampled = sample_clients(
+            num_clients=cfg.clients,
+            scheme=cfg.sampling.scheme,
+            rate=cfg.sampling.rate,
+            per_round=cfg.sampling.per_round,
+            generator=self.generators["sampling"],
+        )
+        tasks = tuple(
+            ClientTask(
+                round=t,
+                client=c,
+                data_seed=draw_seed(self.generators["data"]),
+                train_seed=draw_seed(self.generators["train"]),
+            )
+            for c in sampled
+        )
+        charge = None
+        if mech is not None:
+            event, charged = budget.round_charge(mech, cfg, sampled)
+            charge = (event, charged)
+            if cfg.target_epsilon is not None and self.ledger.would_exceed(
+                event,
+                target_epsilon=cfg.target_epsilon,
+                accountant=cfg.privacy.accountant,
+                clients=charged,
+            ):
+                raise BudgetExceeded(
+                    f"Stopped before round {t}: it would take epsilon past the target "
+                    f"{cfg.target_epsilon:g} under {cfg.privacy.accountant}."
+                )
+        return RoundPlan(round=t, tasks=tasks, charge=charge)
+
+    def collect(
+        self, plan: RoundPlan, replies: Mapping[int, ClientResult | BaseException]
+    ) -> tuple[dict[int, ClientResult], dict[int, str], dict[int, str]]:
+        """The replies the round keeps, the dropouts and the rejected messages.
+
+        The one place where received messages are gathered before aggregation. A client
+        that raised, returned an error or did not reply is a dropout (``failed``); a reply
+        from a client that was not sampled is ignored. A message that arrived but fails
+        validation (:mod:`drencoder.federated.validation`) is ``rejected``: it stays out
+        of the aggregate, but its client did release it, so the ledger still charges it.
+        """
+        arrived: dict[int, ClientResult] = {}
+        failed: dict[int, str] = {}
+        for c in plan.sampled:
+            reply = replies.get(c)
+            if reply is None:
+                failed[c] = "no reply"
+            elif isinstance(reply, BaseException):
+                failed[c] = _reason(reply)
+            else:
+                arrived[c] = reply
+        accepted, rejected = accept_messages(
+            {c: r.message for c, r in arrived.items()},
+            **message_limits(self.codec, self.mechanism, self.config.privacy.clip_point),
+        )
+        return {c: arrived[c] for c in accepted}, failed, rejected
+
+    def finish_round(
+        self,
+        plan: RoundPlan,
+        replies: Mapping[int, ClientResult | BaseException],
+        *,
+        started: float | None = None,
+    ) -> dict:
+        """Aggregate what arrived, update the adapter, charge the ledger; the metrics row."""
+        cfg, mech, t = self.config, self.mechanism, plan.round
+        received, failed, rejected = self.collect(plan, replies)
+        if failed:
+            warnings.warn(
+                f"round {t}: {len(received)} of {len(plan.sampled)} sampled clients replied; "
+                f"the round goes on with those (dropped: {failed})",
+                ClientDropoutWarning,
+                stacklevel=2,
+            )
+        results = [received[c] for c in sorted(received)]
+        decoded = aggregate(
+            [r.message for r in results],
+            codec=self.codec,
+            mechanism=mech,
+            aggregation=cfg.privacy.aggregation,
+            expected_clients=budget.expected_clients(cfg),
+            generator=self.generators["noise"],
+        )
+        self.global_state = apply_delta(
+            self.global_state, self.layout.unflatten(decoded), scale=cfg.server.lr
+        )
+        if plan.charge is not None:
+            event, charged = plan.charge
+            if charged is not None:  # local noise: only the clients whose message arrived
+                charged = sorted({*received, *rejected})
+            if charged is None or charged:
+                p = cfg.privacy
+                self.ledger.record(
+                    event,
+                    kind="round",
+                    round=t,
+                    clients=charged,
+                    label=f"round {t}: {p.placement.value} noise, {cfg.sampling.scheme.value} "
+                    f"sampling, clip {p.clip_point.value} at C={p.clip_norm:g}",
+                )
+        self.round = t
+        losses = [x for r in results for x in r.losses]
+        norms = [r.diagnostics["update_norm"] for r in results if "update_norm" in r.diagnostics]
+        recon = [
+            r.diagnostics["reconstruction"] for r in results if "reconstruction" in r.diagnostics
+        ]
+        row = {
+            "kind": "round",
+            "round": t,
+            "sampled": plan.sampled,
+            "participants": sorted({*received, *rejected}),
+            "failed": {str(c): reason for c, reason in failed.items()},
+            "rejected": {str(c): reason for c, reason in rejected.items()},
+            "loss": sum(losses) / len(losses) if losses else math.nan,
+            "epsilon": self._epsilons(),
+            "noise_multiplier": self.noise_multiplier,
+            # Measured on what arrived: latent_dim × 4 per message (float32 latents).
+            "bytes_up": sum(r.message.numel() * r.message.element_size() for r in results),
+            "bytes_down": len(plan.sampled) * self.layout.dim * 4,
+            "seconds": time.perf_counter() - started if started is not None else 0.0,
+        }
+        if norms:
+            row["update_norm"] = sum(norms) / len(norms)
+        if recon:
+            row["reconstruction"] = {
+                "rel_error": sum(r[0] for r in recon) / len(recon),
+                "cosine": sum(r[1] for r in recon) / len(recon),
+            }
+        self._append(row)
+        every = cfg.eval.every
+        if every and t % every == 0:
+            self.evaluate()
+        if t % cfg.checkpoint.every == 0 or t == cfg.rounds:
+            self._checkpoint()
+        self.hook("round_done", round=t)
+        return row
+
+    def finish(self) -> dict:
+        """Write the PEFT adapter, summary, plots and report for the current state."""
+        from drencoder.federated.summary import write_outputs
+
+        set_adapter_state(self.model, self.global_state)
+        return write_outputs(self)

@@ -1,0 +1,143 @@
+"""One client's side of the protocol, the same object in the simulator and in Flower.
+
+A :class:`ClientRuntime` holds what a client owns: the base model with its LoRA adapter
+(shared by all simulated clients, one per Flower SuperNode), the workload its data comes
+from, and the generator its privacy noise is drawn from. The server sends it, per round,
+the global adapter, the encoder and a :class:`ClientTask` (client index and seeds for
+batch order and training); it returns a :class:`ClientResult` whose ``message`` is the
+privatised latent, the only tensor that leaves the client.
+
+Randomness. Batch order and training seeds may come from the server (they protect
+nothing). The noise of ``local`` placement and of the stage-1 release must not: a server
+that knew the noise could subtract it. The simulator passes its ``noise`` generator; the
+Flower client one seeded from the operating system's entropy.
+
+What a real client uploads: ``message`` and the scalar ``loss`` (mean local training loss,
+not privatised). ``diagnostics`` (update norm, reconstruction error of the encoder on the
+real update) are computed from the raw update and stay inside a simulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from drencoder.codecs import Codec, IdentityCodec
+from drencoder.codecs.report import reconstruction
+from drencoder.config import RunConfig
+from drencoder.federated.client import local_update, make_message
+from drencoder.federated.stage1 import Stage1Task, release_client_statistics
+from drencoder.federated.workload import Workload
+from drencoder.lora import Layout
+from drencoder.mechanisms import GaussianMechanism
+from drencoder.prior import ClientStatistics
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """What the server asks of one client in one round (besides adapter and encoder)."""
+
+    round: int
+    client: int
+    data_seed: int
+    train_seed: int
+
+
+@dataclass
+class ClientResult:
+    """A client's reply to a :class:`ClientTask`."""
+
+    client: int
+    message: torch.Tensor
+    """The privatised latent ``[latent_dim]`` float32: clipped and, with ``local``
+    placement, noised on the client."""
+    losses: list[float]
+    """Local training losses (uploaded as their mean: a non-private scalar)."""
+    diagnostics: dict = field(default_factory=dict)
+    """Simulation-only measurements of the raw update; never uploaded by a real client."""
+
+
+class ClientRuntime:
+    """A client's work: stage-1 statistics release and one round of local training.
+
+    ``model`` carries the LoRA adapter (``attach_lora``); ``layout`` is the uplink layout.
+    The model's adapter is left at whatever the last call set; callers pass the global
+    adapter with every call.
+    """
+
+    def __init__(
+        self,
+        model,
+        workload: Workload,
+        config: RunConfig,
+        *,
+        layout: Layout,
+        noise_generator: torch.Generator,
+        progress: bool = False,
+    ) -> None:
+        self.model = model
+        self.workload = workload
+        self.config = config
+        self.layout = layout
+        self.noise_generator = noise_generator
+        self.progress = progress
+
+    def release_statistics(
+        self, task: Stage1Task, *, global_state: dict[str, torch.Tensor]
+    ) -> tuple[ClientStatistics, float]:
+        """Stage 1: the released statistics and the (local-only) unreleased norm."""
+        return release_client_statistics(
+            self.model,
+            global_state,
+            self.workload,
+            task,
+            self.config,
+            layout=self.layout,
+            noise_generator=self.noise_generator,
+            progress=self.progress,
+        )
+
+    def train(
+        self,
+        task: ClientTask,
+        *,
+        global_state: dict[str, torch.Tensor],
+        codec: Codec,
+        mechanism: GaussianMechanism | None,
+        diagnostics: bool = True,
+    ) -> ClientResult:
+        """Stage 2: train from ``global_state``, encode, clip and (locally) noise."""
+        cfg = self.config
+        batches = self.workload.batches(
+            task.client,
+            steps=cfg.local.steps,
+            batch_size=cfg.data.batch_size,
+            generator=torch.Generator().manual_seed(task.data_seed),
+        )
+        update, losses = local_update(
+            self.model,
+            global_state,
+            batches,
+            cfg.local,
+            layout=self.layout,
+            seed=task.train_seed,
+            progress=self.progress,
+            desc=f"client {task.client}",
+        )
+        measured = {}
+        if diagnostics:
+            measured["update_norm"] = float(update.norm())
+            if not isinstance(codec, IdentityCodec):
+                r = reconstruction(codec, update.unsqueeze(0))
+                measured["reconstruction"] = (r.rel_error, r.cosine)
+        message = make_message(
+            update,
+            codec=codec,
+            mechanism=mechanism,
+            clip_point=cfg.privacy.clip_point,
+            generator=self.noise_generator,
+        )
+        return ClientResult(
+            client=task.client, message=message, losses=losses, diagnostics=measured
+        )

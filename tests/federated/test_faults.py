@@ -1,0 +1,81 @@
+"""Client failures in the simulator: the round goes on, the ledger charges who replied."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_tiny_llama, make_tiny_tokenizer
+from drencoder.config import load_config
+from drencoder.errors import ClientDropoutWarning
+from drencoder.federated.simulator import Simulator
+
+pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
+
+BASE = [
+    "rounds=3",
+    "clients=3",
+    "local.lr=0.01",
+    "eval.questions=4",
+    "eval.every=0",
+    "method=dp-fedavg-lora",
+    "privacy.noise_multiplier=3.0",
+    "target_epsilon=none",
+]
+
+
+def make(tmp_path, *overrides, hook=None):
+    cfg = load_config(preset="smoke", overrides=[*BASE, *overrides])
+    return Simulator(
+        cfg,
+        tmp_path / "run",
+        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        progress=False,
+        hook=hook,
+    )
+
+
+class ClientCrashed(Exception):
+    pass
+
+
+def fail(round_, client):
+    def hook(event, **info):
+        if event == "client_work" and info["round"] == round_ and info["client"] == client:
+            raise ClientCrashed(f"client {client} lost its disk")
+
+    return hook
+
+
+def test_a_failing_client_is_a_dropout_and_is_not_charged(tmp_path):
+    sim = make(tmp_path, hook=fail(2, 1))
+    with pytest.warns(ClientDropoutWarning, match="round 2: 2 of 3 sampled clients replied"):
+        summary = sim.run()
+    assert summary["rounds_done"] == 3
+    rounds = {r["round"]: r for r in sim.rows if r["kind"] == "round"}
+    assert rounds[2]["sampled"] == [0, 1, 2]
+    assert rounds[2]["participants"] == [0, 2]
+    assert "ClientCrashed: client 1 lost its disk" in rounds[2]["failed"]["1"]
+    assert rounds[2]["bytes_up"] == 2 * sim.codec.bytes_per_upload
+    assert rounds[1]["failed"] == {} and rounds[1]["participants"] == [0, 1, 2]
+    # Local noise: each client is charged only for the rounds its message arrived.
+    assert sim.ledger.participation() == {0: 3, 1: 2, 2: 3}
+    round2 = [e for e in sim.ledger.entries if e.round == 2]
+    assert [e.clients for e in round2] == [(0, 2)]
+
+
+def test_central_noise_still_charges_everyone_when_a_client_fails(tmp_path):
+    sim = make(tmp_path, "privacy.placement=central", hook=fail(1, 0))
+    with pytest.warns(ClientDropoutWarning):
+        sim.run()
+    assert all(e.clients is None for e in sim.ledger.entries)
+    assert len([e for e in sim.ledger.entries if e.kind == "round"]) == 3
+
+
+def test_a_round_where_every_client_fails_raises(tmp_path):
+    def hook(event, **info):
+        if event == "client_work":
+            raise ClientCrashed("all down")
+
+    sim = make(tmp_path, hook=hook)
+    with pytest.raises(RuntimeError, match="every sampled client of round 1 failed"):
+        sim.run()
