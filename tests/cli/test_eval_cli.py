@@ -63,7 +63,6 @@ def test_json_shape_and_limit(tiny_dir, tmp_path, capsys):
 
 def test_adapter_is_loaded_and_hashed(tiny_dir, tmp_path, capsys):
     from conftest import make_tiny_llama
-
     from drencoder.lora import LoraSettings, attach_lora, get_adapter_state, set_adapter_state
 
     peft_model = attach_lora(make_tiny_llama(), LoraSettings(rank=2, alpha=4), seed=1)

@@ -163,7 +163,6 @@ def test_ceval_folder_errors_name_the_path_and_the_fix(tmp_path, tiny_tokenizer)
 
 def test_saved_adapter_changes_the_scores(tmp_path, tiny_tokenizer):
     from conftest import make_tiny_llama
-
     from drencoder.lora import (
         LoraSettings,
         attach_lora,
