@@ -205,3 +205,26 @@ def test_load_adapter_errors(tmp_path, tiny_model):
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}", "utf-8")
     with pytest.raises(AssetError, match="did you mean"):
         load_adapter(tiny_model, tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_scores_the_same_letter_token_as_lm_eval_encodes():
+    """lm-evaluation-harness scores the continuation ``" A"`` as
+    ``encode(context + " A")[len(encode(context)):]``; the scorer uses
+    ``encode(" A")[-1]`` after ``encode(context)``. For SmolLM2 these are one and the same
+    token on real MMLU prompts (0- and 5-shot), which is what makes the two agree."""
+    from transformers import AutoTokenizer
+
+    from drencoder.evaluation import letter_token_ids
+    from drencoder.models import MODELS, prepare_model
+
+    tok = AutoTokenizer.from_pretrained(prepare_model(MODELS["smollm2-135m"], progress=False))
+    for shots in (0, 5):
+        task = prepare_task("mmlu", shots=shots, limit=57)
+        prefix, ids = letter_token_ids(tok, fmt=task.fmt, n_choices=4)
+        assert prefix == []
+        for item in task.items:
+            context = task.fmt.prompt(item, task.exemplars.get(item.subject, ()))
+            n = len(tok(context)["input_ids"])
+            for letter, tid in zip("ABCD", ids, strict=True):
+                assert tok(context + " " + letter)["input_ids"][n:] == [tid]
