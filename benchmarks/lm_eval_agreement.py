@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -207,7 +208,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[var] = "1"
     tmp = Path(tempfile.mkdtemp(prefix="drencoder-lmeval-"))
     os.environ["HF_DATASETS_CACHE"] = str(tmp / "datasets-cache")
+    try:
+        report = measure(args, tmp, command=" ".join(sys.argv[1:] or argv or []))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", "utf-8")
+    return 0
 
+
+def measure(args: argparse.Namespace, tmp: Path, *, command: str) -> dict:
+    """Both scorers on the same questions, per shot count; the report as a dict."""
     import lm_eval
     import torch
 
@@ -221,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "question": "per-question agreement of drencoder's MMLU scorer with lm-evaluation-harness",
         "model": "smollm2-135m (converted HF folder, float32, cpu)",
         "data": "MMLU held-out evaluation part of the fixed split, --limit spread over subjects",
-        "command": "benchmarks/lm_eval_agreement.py " + " ".join(sys.argv[1:] or argv or []),
+        "command": "benchmarks/lm_eval_agreement.py " + command,
         "date": date.today().isoformat(),
         "versions": {
             "lm_eval": lm_eval.__version__,
@@ -254,12 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         assert abs(row["accuracy_ours"] - ours.accuracy) < 1e-12
         report["runs"][f"{shots}-shot"] = row
         print(json.dumps({k: v for k, v in row.items() if k != "disagreements"}), file=sys.stderr)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", "utf-8")
-    return 0
+    return report
 
 
 if __name__ == "__main__":
