@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo agreement clean
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ test: lint
 # dr-encoder at epsilon = 8, delta = 1e-5. Each call writes a new run directory.
 demo: $(STAMP)
 	$(BIN)/drencoder run --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+# Per-question agreement of `drencoder eval`'s MMLU scorer with lm-evaluation-harness
+# (docs/evaluation.md). Installs the optional lm_eval extra (requirements-lmeval.txt, fully
+# pinned, --no-deps) into .venv; not part of `make test`. About 15 min on 2 busy cores.
+agreement: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps -r requirements-lmeval.txt
+	HF_DATASETS_OFFLINE=1 $(BIN)/python benchmarks/lm_eval_agreement.py --limit 200 \
+		--fewshot-limit 57 --shots 0,5 --threads 2 --out benchmarks/results/lm_eval_agreement.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -46,7 +46,8 @@ def _read_csv(path: Path, *, split: str, handle: str, subject: str) -> list[MCIt
         if missing:
             raise AssetError(
                 f"{path}: missing columns {missing}; expected {list(_COLUMNS)} "
-                f"(+ explanation), got {reader.fieldnames}"
+                f"(+ explanation), got {reader.fieldnames}; use the unmodified CSV files "
+                f"of the official ceval-exam.zip (first line: {','.join(_COLUMNS)})"
             )
         items = []
         for row in reader:
@@ -88,6 +89,11 @@ def load_ceval(
     (file handles). ``subject_names`` maps handle to display name and overrides
     ``subject_mapping.json``."""
     root = Path(root)
+    if not root.is_dir():
+        raise AssetError(
+            f"C-Eval directory {str(root)!r} does not exist; C-Eval does not ship offline: "
+            f"unzip the official ceval-exam.zip and pass the folder that holds val/ and dev/"
+        )
     val_dir = root / "val"
     if not val_dir.is_dir():
         raise AssetError(

@@ -8,6 +8,7 @@
 * ``adapter_delta`` / ``apply_delta`` / ``assert_adapter_changed``: the update Δ and the
   check that training really moved the adapter.
 * ``TrainSettings`` / ``train_local``: the client's local optimizer steps.
+* ``load_adapter``: a saved PEFT adapter folder (``run_dir/adapter``) onto a base model.
 """
 
 from drencoder.lora.adapter import (
@@ -23,6 +24,7 @@ from drencoder.lora.adapter import (
     trainable_keys,
 )
 from drencoder.lora.layout import Block, Layout, natural_key
+from drencoder.lora.saved import load_adapter
 from drencoder.lora.settings import LoraSettings, SentBlocks
 from drencoder.lora.training import OptimizerName, TrainingError, TrainSettings, train_local
 
@@ -42,6 +44,7 @@ __all__ = [
     "attach_lora",
     "block_kind",
     "get_adapter_state",
+    "load_adapter",
     "natural_key",
     "set_adapter_state",
     "train_local",
