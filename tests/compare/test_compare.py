@@ -98,7 +98,7 @@ def test_comparison_runs_tables_and_reuses_finished_runs(tmp_path, monkeypatch):
     assert dr["metrics"]["uplink bytes"]["mean"] < dp["metrics"]["uplink bytes"]["mean"]
     assert rows[("fedavg-lora", None)]["metrics"]["epsilon pld"]["n"] == 0
     baselines = {(v["baseline"], v["metric"]) for v in result["verdicts"]}
-    assert ("dp-fedavg-lora", "sentiment accuracy") in baselines
+    assert ("dp-fedavg-lora", "sentiment accuracy (run eval)") in baselines
     assert ("fedavg-lora", "held-out loss") in baselines
     report = (out / "report.md").read_text()
     assert "| dr-encoder | 8.0 |" in report and "∞ (no DP)" in report
@@ -182,3 +182,24 @@ def test_cli_help_lists_compare(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "compare" in capsys.readouterr().out
+
+
+def test_new_tasks_rescore_saved_adapters_without_training(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    first = run_comparison(
+        spec(methods=("dp-fedavg-lora",), seeds=(0,)), out, progress=False, model_factory=tiny
+    )
+    assert first["records"][0]["tasks"] == {}
+
+    def no_training(self):
+        raise AssertionError("a finished run was retrained")
+
+    monkeypatch.setattr(sim_mod.Simulator, "run", no_training)
+    more = spec(methods=("dp-fedavg-lora",), seeds=(0,), tasks=("sentiment",), eval_limit=4)
+    second = run_comparison(more, out, progress=False, model_factory=tiny)
+    scored = second["records"][0]["tasks"]["sentiment"]
+    assert scored["n"] == 4 and 0.0 <= scored["accuracy"] <= 1.0
+    assert second["base"]["tasks"]["sentiment"]["n"] == 4
+    metrics = second["rows"][0]["metrics"]
+    assert "sentiment accuracy" in metrics and "sentiment accuracy (run eval)" in metrics
+    assert "sentiment (4 questions)" in (out / "report.md").read_text()

@@ -126,10 +126,10 @@ def rescore(
     """Score a finished run's saved adapter on the tasks its record lacks."""
     missing = _missing_tasks(record, spec)
     if missing:
-        from peft import PeftModel
+        from drencoder.lora import load_adapter
 
         base, tokenizer = _load(planned, model_factory, progress)
-        model = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+        model = load_adapter(base, run_dir / "adapter")
         scores, seconds = _score_tasks(
             model,
             tokenizer,

@@ -47,7 +47,7 @@ def _variance_of_mean(s: dict) -> float:
 def accuracy_metrics(record: dict) -> dict[str, tuple[float, bool, int | None]]:
     """``{metric: (value, higher_is_better, questions)}`` of one run's utility."""
     run = record["run_task"]
-    out = {f"{record['task']} accuracy": (run["accuracy"], True, run["n"])}
+    out = {f"{record['task']} accuracy (run eval)": (run["accuracy"], True, run["n"])}
     out["held-out loss"] = (run["heldout_loss"], False, None)
     for task, score in sorted(record["tasks"].items()):
         out[f"{task} accuracy"] = (score["accuracy"], True, score["n"])
