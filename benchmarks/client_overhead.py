@@ -11,8 +11,10 @@ noise; the client's whole extra work) of that update for every codec, in a rotat
   built from the statistics of one real update, trained a few steps: timing only).
 
 Reported per codec: the median over repetitions of (make_message time / local training time
-of the same repetition). Local training is the same for the three codecs (all send A and B),
-so one training per repetition serves them all. Usage (about 2 minutes on 2 cores):
+of the same repetition), by wall clock and by process CPU time (all threads; on a shared
+machine the CPU time is the steadier of the two, as waiting for a core is not counted).
+Local training is the same for the three codecs (all send A and B), so one training per
+repetition serves them all. Usage (about 2 minutes on 2 idle cores, 10 on busy ones):
 
     python benchmarks/client_overhead.py --repeat 5
 """
@@ -36,13 +38,26 @@ from drencoder.mechanisms import GaussianMechanism
 from drencoder.models import load_model
 from drencoder.prior import BlockStatistics, PooledStatistics, PriorSampler
 
+CLOCKS = ("wall", "cpu")
+
+
+def clocks() -> dict[str, float]:
+    return {"wall": time.perf_counter(), "cpu": time.process_time()}
+
+
+def since(start: dict[str, float]) -> dict[str, float]:
+    now = clocks()
+    return {k: now[k] - start[k] for k in CLOCKS}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--ae-steps", type=int, default=5, help="auto-encoder training steps")
+    parser.add_argument("--message-calls", type=int, default=5, help="make_message calls per rep")
     args = parser.parse_args()
 
+    info = machine()  # before the work: it records the load at the start
     cfg = load_config()
     base, tokenizer = load_model(cfg.model.name, progress=False)
     model = attach_lora(base, cfg.lora, seed=0)
@@ -56,9 +71,9 @@ def main() -> None:
         batches = workload.batches(
             client, steps=cfg.local.steps, batch_size=cfg.data.batch_size, generator=data
         )
-        start = time.perf_counter()
+        start = clocks()
         update, _ = local_update(model, global_state, batches, cfg.local, layout=layout, seed=rep)
-        return update, time.perf_counter() - start
+        return update, since(start)
 
     warm_update, _ = train(args.repeat)  # warm-up (seed unused below); builds the prior
     gen = torch.Generator().manual_seed(0)
@@ -80,23 +95,28 @@ def main() -> None:
     )
     noise = torch.Generator().manual_seed(1)
 
-    def message(codec, update) -> float:
-        start = time.perf_counter()
-        make_message(
-            update,
-            codec=codec,
-            mechanism=mechanism,
-            clip_point=cfg.privacy.clip_point,
-            generator=noise,
-        )
-        return time.perf_counter() - start
+    def message(codec, update) -> dict[str, float]:
+        """Median over ``--message-calls`` calls (one call is milliseconds: a preemption
+        while it runs would dominate it)."""
+        times = []
+        for _ in range(args.message_calls):
+            start = clocks()
+            make_message(
+                update,
+                codec=codec,
+                mechanism=mechanism,
+                clip_point=cfg.privacy.clip_point,
+                generator=noise,
+            )
+            times.append(since(start))
+        return {k: statistics.median(t[k] for t in times) for k in CLOCKS}
 
     for codec in codecs.values():
         message(codec, warm_update)  # warm-up
 
     names = list(codecs)
-    training: list[float] = []
-    extras: dict[str, list[float]] = {name: [] for name in names}
+    training: list[dict[str, float]] = []
+    extras: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for rep in range(args.repeat):
         update, seconds = train(rep)
         training.append(seconds)
@@ -105,7 +125,7 @@ def main() -> None:
 
     result = {
         "benchmark": "client_overhead",
-        **machine(),
+        **info,
         "model": cfg.model.name,
         "config": {
             "local_steps": cfg.local.steps,
@@ -118,18 +138,21 @@ def main() -> None:
         },
         "update_dim": layout.dim,
         "repeat": args.repeat,
-        "local_training_s": [round(t, 3) for t in training],
+        "message_calls": args.message_calls,
+        "local_training_s": {k: [round(t[k], 3) for t in training] for k in CLOCKS},
         "codecs": {
             name: {
                 "latent_dim": codecs[name].latent_dim,
-                "make_message_s": [round(t, 4) for t in extras[name]],
-                "ratio_to_training_median": sig(median_ratio(extras[name], training)),
-                "ratios": [sig(e / t) for e, t in zip(extras[name], training, strict=True)],
-                "make_message_median_s": round(statistics.median(extras[name]), 4),
+                "make_message_s": {k: [round(e[k], 4) for e in extras[name]] for k in CLOCKS},
+                **{
+                    f"ratio_{k}": sig(
+                        median_ratio([e[k] for e in extras[name]], [t[k] for t in training])
+                    )
+                    for k in CLOCKS
+                },
             }
             for name in names
         },
-        "local_training_median_s": round(statistics.median(training), 3),
     }
     write("client_overhead", result)
 

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    info = machine()  # before the work: it records the load at the start
     runs = []
     for _ in range(args.repeat):
         for clients in (args.small, args.large):
@@ -88,11 +89,11 @@ def main() -> None:
             runs.append(row)
 
     def peak(n: int) -> float:
-        return statistics.median(r["peak_rss_mib"] for r in runs if r["clients"] == n)
+        return round(statistics.median(r["peak_rss_mib"] for r in runs if r["clients"] == n), 1)
 
     result = {
         "benchmark": "memory_vs_clients",
-        **machine(),
+        **info,
         "sampling": f"fixed, per_round={args.per_round}",
         "method": "dp-random-projection",
         "rounds": 2,

@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, help="a finished run to cross-check against")
     args = parser.parse_args()
 
+    info = machine()  # before the work: it records the load at the start
     defaults = load_config()
     base, _ = load_model(defaults.model.name, progress=False)
     model = attach_lora(base, defaults.lora, seed=0)  # shapes do not depend on train_a
@@ -121,7 +122,7 @@ def main() -> None:
 
     result = {
         "benchmark": "uplink_bytes",
-        **machine(),
+        **info,
         "model": defaults.model.name,
         "lora_rank": defaults.lora.rank,
         "target_modules": list(defaults.lora.target_modules),
