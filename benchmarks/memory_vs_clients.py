@@ -1,7 +1,7 @@
 """Does the simulator's memory grow with the number of clients? (It should not.)
 
 Runs the same short federated job with a population of 10 and of 100 clients, each in a
-fresh process, on a random-weight Llama (about 30 M parameters, so the base model dominates
+fresh process, on a random-weight Llama (about 25 M parameters, so the base model dominates
 memory the way a real one does), and reports peak resident memory (ru_maxrss) of each and
 the ratio 100 / 10.
 
