@@ -80,38 +80,14 @@ def base_scores(
         return {"tasks": {}}
     path = out_dir / BASE
     data = json.loads(path.read_text()) if path.exists() else {"tasks": {}}
-    missing = _missing_tasks(data, spec)
-    if missing:
-        model, tokenizer = _load(planned, model_factory, progress)
-        scores, seconds = _score_tasks(
-            model,
-            tokenizer,
-            spec,
-            batch_size=planned.config.data.batch_size,
-            progress=progress,
-            tasks=missing,
-        )
-        data = _merge_scores(data, scores, spec, seconds)
-        _write_json(path, data)
-    return {**data, "tasks": {t: data["tasks"][t] for t in spec.tasks}}
-
-
-def _missing_tasks(data: dict, spec: CompareSpec) -> list[str]:
-    """Tasks of ``spec`` not yet scored, or scored with other settings."""
-    if data.get("eval_settings") != spec.eval_settings():
-        return list(spec.tasks)
-    return [t for t in spec.tasks if t not in data.get("tasks", {})]
-
-
-def _merge_scores(data: dict, scores: dict, spec: CompareSpec, seconds: float) -> dict:
-    same = data.get("eval_settings") == spec.eval_settings()
-    tasks = {**(data.get("tasks", {}) if same else {}), **scores}
-    return {
-        **data,
-        "tasks": tasks,
-        "eval_settings": spec.eval_settings(),
-        "eval_seconds": round(data.get("eval_seconds", 0.0) * same + seconds, 2),
-    }
+    return _score_missing(
+        data,
+        path,
+        planned,
+        spec,
+        progress=progress,
+        load=lambda: _load(planned, model_factory, progress),
+    )
 
 
 def rescore(
@@ -124,12 +100,31 @@ def rescore(
     model_factory: ModelFactory | None,
 ) -> dict:
     """Score a finished run's saved adapter on the tasks its record lacks."""
-    missing = _missing_tasks(record, spec)
-    if missing:
+
+    def load():
         from drencoder.lora import load_adapter
 
         base, tokenizer = _load(planned, model_factory, progress)
-        model = load_adapter(base, run_dir / "adapter")
+        return load_adapter(base, run_dir / "adapter"), tokenizer
+
+    return _score_missing(record, run_dir / RECORD, planned, spec, progress=progress, load=load)
+
+
+def _score_missing(
+    data: dict,
+    path: Path,
+    planned: PlannedRun,
+    spec: CompareSpec,
+    *,
+    progress: bool,
+    load: Callable[[], tuple],
+) -> dict:
+    """``data`` with the tasks of ``spec`` it lacks (or scored otherwise) scored and saved
+    to ``path``; returned with exactly ``spec``'s tasks."""
+    same = data.get("eval_settings") == spec.eval_settings()
+    missing = [t for t in spec.tasks if not same or t not in data.get("tasks", {})]
+    if missing:
+        model, tokenizer = load()
         scores, seconds = _score_tasks(
             model,
             tokenizer,
@@ -138,9 +133,14 @@ def rescore(
             progress=progress,
             tasks=missing,
         )
-        record = _merge_scores(record, scores, spec, seconds)
-        _write_json(run_dir / RECORD, record)
-    return {**record, "tasks": {t: record["tasks"][t] for t in spec.tasks}}
+        data = {
+            **data,
+            "tasks": {**(data.get("tasks", {}) if same else {}), **scores},
+            "eval_settings": spec.eval_settings(),
+            "eval_seconds": round(data.get("eval_seconds", 0.0) * same + seconds, 2),
+        }
+        _write_json(path, data)
+    return {**data, "tasks": {t: data["tasks"][t] for t in spec.tasks}}
 
 
 def run_one(
