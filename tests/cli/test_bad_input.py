@@ -19,7 +19,7 @@ import pytest
 
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.cli.main import main
-from drencoder.federated import simulator as sim_mod
+from drencoder.federated import runtime as runtime_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -59,7 +59,7 @@ def _no_training(*args, **kwargs):
 
 
 def run_cli(argv, capsys, monkeypatch) -> tuple[int, str]:
-    monkeypatch.setattr(sim_mod, "local_update", _no_training)
+    monkeypatch.setattr(runtime_mod, "local_update", _no_training)
     try:
         code = main(["run", *argv, "--no-progress"])
     except SystemExit as exc:
