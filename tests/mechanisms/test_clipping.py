@@ -22,7 +22,6 @@ def test_clipped_norm_never_exceeds_c_vector(x, c):
     clipped, norm = clip_l2(torch.from_numpy(x), clip_norm=c)
     assert clipped.dtype == torch.float32
     assert float(torch.linalg.vector_norm(clipped.double())) <= c
-    assert float(torch.linalg.vector_norm(clipped)) <= c
     assert float(norm) == pytest.approx(float(np.linalg.norm(x.astype(np.float64))), rel=1e-12)
 
 
@@ -71,3 +70,13 @@ def test_non_finite_input_and_bad_shape_refused():
         clip_l2(torch.tensor([1.0, float("nan")]), clip_norm=1.0)
     with pytest.raises(ConfigError, match=r"got shape \(1, 2, 3\)"):
         clip_l2(torch.ones(1, 2, 3), clip_norm=1.0)
+
+
+def test_a_long_update_of_similar_entries_is_clipped():
+    """Adam makes LoRA updates of near-equal magnitudes; at the embedded model's 921,600
+    entries torch's float32 norm overstates such a vector by ~4e-4, which once made the
+    clip fail. The exact (float64) norm of the result must be at most C."""
+    signs = torch.where(torch.arange(921_600) % 3 == 0, -1.0, 1.0)
+    for scale in (0.0037, 0.01, 0.2):
+        clipped, _ = clip_l2(signs * scale, clip_norm=1.0)
+        assert 1 - 1e-4 <= float(torch.linalg.vector_norm(clipped.double())) <= 1.0

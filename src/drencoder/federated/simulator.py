@@ -14,8 +14,9 @@ seed and a resumed run is bit-identical to an uninterrupted one.
 Faults: an exception raised inside one client's work (including from the hook's
 ``"client_work"`` event, which tests use to inject failures) makes that client a dropout
 for the round; the round completes with the others and the ledger charges only the
-clients whose message arrived. If every sampled client of a round fails, the first error
-is raised: in one process that is a bug, not a network. An exception from any other hook
+clients whose message arrived. An ``AssertionError`` (a broken internal invariant) is
+raised at once, and so is the first error when every sampled client of a round fails: in
+one process that is a bug, not a network. An exception from any other hook
 event (``"client_done"``, ``"round_done"``) stops the run, as a crash would.
 """
 
@@ -87,6 +88,8 @@ class InProcessClients:
                 replies[task.client] = self.runtime.train(
                     task, global_state=global_state, codec=codec, mechanism=mechanism
                 )
+            except AssertionError:  # a broken invariant is a bug, never a dropout
+                raise
             except Exception as exc:  # a failing client is a dropout, see the module doc
                 replies[task.client] = exc
             hook("client_done", round=plan.round, client=task.client)
