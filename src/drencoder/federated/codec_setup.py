@@ -16,6 +16,7 @@ from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec
 from drencoder.config import RunConfig
 from drencoder.errors import ClientDropoutWarning
 from drencoder.federated.methods import CodecKind
+from drencoder.federated.rounds import failure_reason
 from drencoder.federated.stage1 import stage1_tasks, train_codec
 
 if TYPE_CHECKING:
@@ -24,13 +25,9 @@ if TYPE_CHECKING:
 _UNRELEASED = ("statistics_norms", "clipped_clients")
 
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
-
-
 def build_codec(server: FederatedServer) -> Codec:
     """The run's codec: identity, seeded projection, or stage 1's auto-encoder."""
-    from drencoder.federated.orchestration import derive_seed
+    from drencoder.federated.rounds import derive_seed
 
     c = server.config.codec
     if server.spec.codec is CodecKind.IDENTITY:
@@ -50,7 +47,7 @@ def _stage1(server: FederatedServer) -> Codec:
     tasks = stage1_tasks(server.config.clients, generator=server.generators["stage1"])
     replies = server._pool().release_statistics(tasks, global_state=server.global_state)
     received = {c: r for c, r in replies.items() if not isinstance(r, BaseException)}
-    failed = {c: _reason(r) for c, r in replies.items() if isinstance(r, BaseException)}
+    failed = {c: failure_reason(r) for c, r in replies.items() if isinstance(r, BaseException)}
     # Validation point: the received (noised) statistics, before pooling.
     if len(received) < len(tasks):
         warnings.warn(

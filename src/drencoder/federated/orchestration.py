@@ -24,17 +24,13 @@ are still checkpointed, so resume continues them exactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
-import torch
 from tqdm.auto import tqdm
 
 from drencoder import accounting
@@ -46,10 +42,16 @@ from drencoder.federated import budget, rundir
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.codec_setup import build_codec
 from drencoder.federated.methods import spec_for
+from drencoder.federated.rounds import (
+    ClientPool,
+    RoundPlan,
+    derive_seed,
+    failure_reason,
+)
 from drencoder.federated.runtime import ClientResult, ClientTask
 from drencoder.federated.sampling import sample_clients
 from drencoder.federated.server import aggregate
-from drencoder.federated.stage1 import Stage1Task, release_for
+from drencoder.federated.stage1 import draw_seed, release_for
 from drencoder.federated.validation import accept_messages, message_limits
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
@@ -60,59 +62,10 @@ from drencoder.lora import (
     set_adapter_state,
 )
 from drencoder.mechanisms import GaussianMechanism, noise_generator
-from drencoder.prior import ClientStatistics
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
 # The streams that draw DP noise; privacy.secure_rng seeds them from OS entropy.
 SECURE_STREAMS = ("noise", "stage1")
-
-StatisticsReply = tuple[ClientStatistics, float | None]
-"""A client's released stage-1 statistics and, in a simulation only, its unreleased norm."""
-
-
-def derive_seed(seed: int, name: str) -> int:
-    """A 63-bit seed for the named stream, stable across machines and versions."""
-    digest = hashlib.sha256(f"drencoder/{seed}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def draw_seed(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """One round as the server planned it: who was sampled, their seeds, the charge."""
-
-    round: int
-    tasks: tuple[ClientTask, ...]
-    charge: tuple | None
-    """``(event, clients)`` from :func:`budget.round_charge`, or None for a non-private run."""
-
-    @property
-    def sampled(self) -> list[int]:
-        return [t.client for t in self.tasks]
-
-
-class ClientPool(Protocol):
-    """Runs the clients' side. Each reply is a result or the exception that replaced it."""
-
-    def release_statistics(
-        self, tasks: Sequence[Stage1Task], *, global_state: dict[str, torch.Tensor]
-    ) -> Mapping[int, StatisticsReply | BaseException]: ...
-
-    def train(
-        self,
-        plan: RoundPlan,
-        *,
-        global_state: dict[str, torch.Tensor],
-        codec: Codec,
-        mechanism: GaussianMechanism | None,
-    ) -> Mapping[int, ClientResult | BaseException]: ...
-
-
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class FederatedServer:
@@ -418,7 +371,7 @@ class FederatedServer:
             if reply is None:
                 failed[c] = "no reply"
             elif isinstance(reply, BaseException):
-                failed[c] = _reason(reply)
+                failed[c] = failure_reason(reply)
             else:
                 arrived[c] = reply
         accepted, rejected = accept_messages(

@@ -31,10 +31,8 @@ from drencoder.codecs import Codec
 from drencoder.federated.orchestration import (
     GENERATORS,
     FederatedServer,
-    RoundPlan,
-    StatisticsReply,
-    derive_seed,
 )
+from drencoder.federated.rounds import RoundPlan, StatisticsReply, derive_seed
 from drencoder.federated.runtime import ClientResult, ClientRuntime
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.mechanisms import GaussianMechanism

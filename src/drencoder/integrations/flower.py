@@ -55,10 +55,8 @@ from drencoder.errors import ClientDropoutWarning, ConfigError, DrencoderError
 from drencoder.federated.methods import spec_for
 from drencoder.federated.orchestration import (
     FederatedServer,
-    RoundPlan,
-    StatisticsReply,
-    derive_seed,
 )
+from drencoder.federated.rounds import RoundPlan, StatisticsReply, derive_seed
 from drencoder.federated.runtime import ClientResult, ClientRuntime, ClientTask
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.federated.workload import build_workload
