@@ -47,7 +47,7 @@ def test_every_method_runs_on_cuda(tmp_path, method):
     assert any(float(v.abs().sum()) > 0 for k, v in state.items() if "lora_B" in k)
     rows = [json.loads(x) for x in (sim.run_dir / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in rows if r["kind"] == "round"]
-    assert all(math.isfinite(r["loss"]) for r in rounds)
+    assert all(math.isfinite(r["not_covered_by_epsilon"]["train_loss"]) for r in rounds)
 
 
 @pytest.mark.parametrize("method", ["dp-fedavg-lora", "dp-random-projection"])

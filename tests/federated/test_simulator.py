@@ -58,7 +58,9 @@ def test_every_method_runs_and_writes_the_run_directory(tmp_path, method):
     rounds = [r for r in metrics if r["kind"] == "round"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for r in rounds:
-        assert {"loss", "epsilon", "bytes_up", "bytes_down", "seconds"} <= set(r)
+        assert {"epsilon", "bytes_up", "bytes_down", "seconds"} <= set(r)
+        # Training loss is raw client data: only in the simulation-only section.
+        assert "loss" not in r and "train_loss" in r["not_covered_by_epsilon"]
     evals = [r for r in metrics if r["kind"] == "eval"]
     assert [e["round"] for e in evals] == [0, 3]
     if method == "fedavg-lora":

@@ -212,8 +212,8 @@ def test_two_rounds_on_a_superlink_and_two_supernodes(federation, tmp_path):
     assert [r["participants"] for r in rounds] == [[0, 1], [0, 1]]
     for r in rounds:  # measured on the latents that arrived
         assert r["bytes_up"] == len(r["participants"]) * latent_bytes
-        assert "update_norm" not in r and "reconstruction" not in r  # never uploaded
+        assert "not_covered_by_epsilon" not in r and "loss" not in r  # never uploaded
     stage1 = next(r for r in rows if r["kind"] == "stage1")
-    assert stage1["clients"] == 2 and "simulation_diagnostics" not in stage1
+    assert stage1["clients"] == 2 and "not_covered_by_epsilon" not in stage1
     assert elapsed < 240
     print(f"flower e2e: {elapsed:.0f} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import make_tiny_llama, make_tiny_tokenizer
 
 pytest.importorskip("flwr")
 
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from drencoder.config import load_config
 from drencoder.errors import ClientDropoutWarning, ConfigError
@@ -52,12 +53,7 @@ class FakeGrid:
                 hello = ConfigRecord({"partition-id": self.partitions[node], "num-partitions": 3})
                 out.append(reply(node, RecordDict({"hello": hello})))
             elif node == 11:
-                content = RecordDict(
-                    {
-                        "update": to_record({"latent": torch.ones(self.latent_dim)}),
-                        "metrics": MetricRecord({"loss": 1.5}),
-                    }
-                )
+                content = RecordDict({"update": to_record({"latent": torch.ones(self.latent_dim)})})
                 out.append(reply(node, content))
             elif node == 12:
                 out.append(reply(node, error=SimpleNamespace(code=0, reason="out of memory")))
@@ -105,8 +101,10 @@ def test_error_replies_and_silent_nodes_are_dropouts(server):
         server.run_round(1)
     row = server.rows[-1]
     assert row["sampled"] == [0, 1, 2] and row["participants"] == [0]
-    assert "out of memory" in row["failed"]["1"] and row["failed"]["2"] == "no reply"
-    assert row["loss"] == 1.5 and row["bytes_up"] == server.layout.dim * 4
+    # Fixed codes only: the node's error text ("out of memory") can depend on its data.
+    assert row["failed"] == {"1": "client-error", "2": "no-reply"}
+    assert "out of memory" not in json.dumps(server.rows)
+    assert "loss" not in row and row["bytes_up"] == server.layout.dim * 4
     (entry,) = [e for e in server.ledger.entries if e.kind == "round"]
     assert entry.clients == (0,)  # local noise: only the client whose latent arrived
     assert any(not torch.equal(before[k], server.global_state[k]) for k in before)

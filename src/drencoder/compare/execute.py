@@ -196,7 +196,8 @@ def run_one(
         "bytes_per_upload": comm["bytes_per_upload"],
         "full_bytes": comm["full_bytes"],
         "latent_dim": comm["latent_dim"],
-        "reconstruction": comm["reconstruction"],
+        # A simulation diagnostic on raw updates: not covered by epsilon.
+        "reconstruction": (summary.get("not_covered_by_epsilon") or {}).get("reconstruction"),
         "run_task": {
             "accuracy": last["accuracy"],
             "initial_accuracy": first["accuracy"],

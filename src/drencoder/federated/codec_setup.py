@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec
 from drencoder.config import RunConfig
 from drencoder.errors import ClientDropoutWarning
+from drencoder.federated import rundir
 from drencoder.federated.methods import CodecKind
-from drencoder.federated.rounds import failure_reason
+from drencoder.federated.rounds import failure_code
 from drencoder.federated.stage1 import stage1_tasks, train_codec
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def _stage1(server: FederatedServer) -> Codec:
     tasks = stage1_tasks(server.config.clients, generator=server.generators["stage1"])
     replies = server._pool().release_statistics(tasks, global_state=server.global_state)
     received = {c: r for c, r in replies.items() if not isinstance(r, BaseException)}
-    failed = {c: failure_reason(r) for c, r in replies.items() if isinstance(r, BaseException)}
+    failed = {c: failure_code(r) for c, r in replies.items() if isinstance(r, BaseException)}
     # Validation point: the received (noised) statistics, before pooling.
     if len(received) < len(tasks):
         warnings.warn(
@@ -86,7 +87,7 @@ def _stage1(server: FederatedServer) -> Codec:
     if "statistics_norms" in result.report:
         # Known only inside a simulation (a real server never sees them): the
         # clients' unreleased statistics norms, for choosing stage1.clip_norm.
-        row["simulation_diagnostics"] = {k: result.report[k] for k in _UNRELEASED}
+        row[rundir.NOT_COVERED] = {k: result.report[k] for k in _UNRELEASED}
     server._append(row)
     return result.codec
 

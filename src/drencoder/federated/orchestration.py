@@ -46,7 +46,7 @@ from drencoder.federated.rounds import (
     ClientPool,
     RoundPlan,
     derive_seed,
-    failure_reason,
+    failure_code,
 )
 from drencoder.federated.runtime import ClientResult, ClientTask
 from drencoder.federated.sampling import sample_clients
@@ -368,10 +368,8 @@ class FederatedServer:
         failed: dict[int, str] = {}
         for c in plan.sampled:
             reply = replies.get(c)
-            if reply is None:
-                failed[c] = "no reply"
-            elif isinstance(reply, BaseException):
-                failed[c] = failure_reason(reply)
+            if reply is None or isinstance(reply, BaseException):
+                failed[c] = failure_code(reply)
             else:
                 arrived[c] = reply
         accepted, rejected = accept_messages(
@@ -424,11 +422,6 @@ class FederatedServer:
                     f"sampling, clip {p.clip_point.value} at C={p.clip_norm:g}",
                 )
         self.round = t
-        losses = [x for r in results for x in r.losses]
-        norms = [r.diagnostics["update_norm"] for r in results if "update_norm" in r.diagnostics]
-        recon = [
-            r.diagnostics["reconstruction"] for r in results if "reconstruction" in r.diagnostics
-        ]
         row = {
             "kind": "round",
             "round": t,
@@ -436,7 +429,6 @@ class FederatedServer:
             "participants": sorted({*received, *rejected}),
             "failed": {str(c): reason for c, reason in failed.items()},
             "rejected": {str(c): reason for c, reason in rejected.items()},
-            "loss": sum(losses) / len(losses) if losses else math.nan,
             "epsilon": self._epsilons(),
             "noise_multiplier": self.noise_multiplier,
             # Measured on what arrived: latent_dim × 4 per message (float32 latents).
@@ -444,13 +436,9 @@ class FederatedServer:
             "bytes_down": len(plan.sampled) * self.layout.dim * 4,
             "seconds": time.perf_counter() - started if started is not None else 0.0,
         }
-        if norms:
-            row["update_norm"] = sum(norms) / len(norms)
-        if recon:
-            row["reconstruction"] = {
-                "rel_error": sum(r[0] for r in recon) / len(recon),
-                "cosine": sum(r[1] for r in recon) / len(recon),
-            }
+        diagnostics = rundir.mean_diagnostics([r.diagnostics for r in results])
+        if diagnostics:
+            row[rundir.NOT_COVERED] = diagnostics
         self._append(row)
         every = cfg.eval.every
         if every and t % every == 0:

@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from drencoder.codecs import Codec
+from drencoder.errors import DrencoderError
 from drencoder.federated.runtime import ClientResult, ClientTask
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.mechanisms import GaussianMechanism
@@ -61,6 +62,30 @@ class ClientPool(Protocol):
     ) -> Mapping[int, ClientResult | BaseException]: ...
 
 
-def failure_reason(exc: BaseException) -> str:
-    """One line naming a client's failure, for metrics rows and warnings."""
-    return f"{type(exc).__name__}: {exc}"[:300]
+FAILURE_CODES = (
+    "no-reply",
+    "client-error",
+    "refused",
+    "malformed-reply",
+    "mechanism-mismatch",
+    "no-node",
+)
+"""The fixed codes a client failure is reported with. Nothing from a client's exception
+text enters metrics, reports or the server's records: that text can depend on its data."""
+
+
+class ClientFailure(DrencoderError):
+    """A client did not deliver a usable reply; ``code`` is one of :data:`FAILURE_CODES`."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        if code not in FAILURE_CODES:
+            raise ValueError(f"failure code must be one of {FAILURE_CODES}, got {code!r}")
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+
+
+def failure_code(exc: BaseException | None) -> str:
+    """The fixed code of a client's failure (``None`` = no reply arrived)."""
+    if exc is None:
+        return "no-reply"
+    return exc.code if isinstance(exc, ClientFailure) else "client-error"

@@ -171,3 +171,28 @@ def restore_model_state(server, ckpt) -> None:
             f"generator state ({type(exc).__name__}: {exc}); start a new run with --out"
         ) from None
     server.global_state = get_adapter_state(server.model)
+
+
+NOT_COVERED = "not_covered_by_epsilon"
+"""The metrics key under which a row keeps measurements of raw client data (training loss,
+pre-clip update norm, codec reconstruction of the real update, unreleased stage-1 norms).
+Only a simulation can compute them; no epsilon covers them, so they must not be shared as
+if they were private outputs."""
+
+
+def mean_diagnostics(diagnostics: list[dict]) -> dict:
+    """The mean over clients of each simulation-only diagnostic (see :data:`NOT_COVERED`)."""
+    out: dict = {}
+    losses = [d["train_loss"] for d in diagnostics if "train_loss" in d]
+    if losses:
+        out["train_loss"] = sum(losses) / len(losses)
+    norms = [d["update_norm"] for d in diagnostics if "update_norm" in d]
+    if norms:
+        out["update_norm"] = sum(norms) / len(norms)
+    recon = [d["reconstruction"] for d in diagnostics if "reconstruction" in d]
+    if recon:
+        out["reconstruction"] = {
+            "rel_error": sum(r[0] for r in recon) / len(recon),
+            "cosine": sum(r[1] for r in recon) / len(recon),
+        }
+    return out

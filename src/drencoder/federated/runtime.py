@@ -12,9 +12,10 @@ nothing). The noise of ``local`` placement and of the stage-1 release must not: 
 that knew the noise could subtract it. The simulator passes its ``noise`` generator; the
 Flower client one seeded from the operating system's entropy.
 
-What a real client uploads: ``message`` and the scalar ``loss`` (mean local training loss,
-not privatised). ``diagnostics`` (update norm, reconstruction error of the encoder on the
-real update) are computed from the raw update and stay inside a simulation.
+What a real client uploads: ``message``, nothing else computed from its data. ``diagnostics``
+(mean local training loss, pre-clip update norm, reconstruction error of the encoder on the
+real update) are computed from raw data; they exist only inside a simulation, where the
+run's outputs mark them as not covered by epsilon.
 """
 
 from __future__ import annotations
@@ -52,10 +53,9 @@ class ClientResult:
     message: torch.Tensor
     """The privatised latent ``[latent_dim]`` float32: clipped and, with ``local``
     placement, noised on the client."""
-    losses: list[float]
-    """Local training losses (uploaded as their mean: a non-private scalar)."""
     diagnostics: dict = field(default_factory=dict)
-    """Simulation-only measurements of the raw update; never uploaded by a real client."""
+    """Simulation-only measurements of raw data (``train_loss``, ``update_norm``,
+    ``reconstruction``): not covered by epsilon, never uploaded by a real client."""
 
 
 class ClientRuntime:
@@ -127,6 +127,7 @@ class ClientRuntime:
         )
         measured = {}
         if diagnostics:
+            measured["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
             measured["update_norm"] = float(update.norm())
             if not isinstance(codec, IdentityCodec):
                 r = reconstruction(codec, update.unsqueeze(0))
@@ -138,6 +139,4 @@ class ClientRuntime:
             clip_point=cfg.privacy.clip_point,
             generator=self.noise_generator,
         )
-        return ClientResult(
-            client=task.client, message=message, losses=losses, diagnostics=measured
-        )
+        return ClientResult(client=task.client, message=message, diagnostics=measured)

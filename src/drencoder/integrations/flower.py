@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -56,7 +56,7 @@ from drencoder.federated.methods import spec_for
 from drencoder.federated.orchestration import (
     FederatedServer,
 )
-from drencoder.federated.rounds import RoundPlan, StatisticsReply, derive_seed
+from drencoder.federated.rounds import ClientFailure, RoundPlan, StatisticsReply, derive_seed
 from drencoder.federated.runtime import ClientResult, ClientRuntime, ClientTask
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.federated.workload import build_workload
@@ -70,10 +70,6 @@ RESERVED = {"out": "", "preset": "default", "round-timeout": 600.0, "connect-tim
 """Run-config keys that are not drencoder config keys, with their defaults."""
 
 HELLO, STAGE1, TRAIN = "query.hello", "train.stage1", "train"
-
-
-class NodeError(DrencoderError):
-    """A node answered a message with an error."""
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -249,15 +245,8 @@ def train(message: Message, context: Context) -> Message:
         mechanism=mechanism,
         diagnostics=False,
     )
-    losses = result.losses
-    reply = RecordDict(
-        {
-            "update": to_record({"latent": result.message}),
-            "metrics": MetricRecord(
-                {"loss": float(sum(losses) / len(losses)) if losses else float("nan")}
-            ),
-        }
-    )
+    # The privatised latent is the only thing computed from this node's data that leaves it.
+    reply = RecordDict({"update": to_record({"latent": result.message})})
     return Message(reply, reply_to=message)
 
 
@@ -326,7 +315,7 @@ class FlowerClients:
         messages = []
         for client, content in contents.items():
             if client not in self.nodes:
-                out[client] = NodeError(f"no SuperNode holds partition {client}")
+                out[client] = ClientFailure("no-node")
                 continue
             messages.append(
                 Message(
@@ -342,7 +331,8 @@ class FlowerClients:
             if client is None:
                 continue
             if reply.has_error():
-                out[client] = NodeError(f"node error {reply.error.code}: {reply.error.reason}")
+                # The reason text can carry a client's exception message: keep the code only.
+                out[client] = ClientFailure("client-error", f"flower error code {reply.error.code}")
             else:
                 out[client] = reply
         return out
@@ -375,8 +365,8 @@ class FlowerClients:
                     std_floor=server.release.std_floor,
                 )
                 out[client] = (stats, None)
-            except (KeyError, DrencoderError) as exc:
-                out[client] = exc
+            except (KeyError, DrencoderError):
+                out[client] = ClientFailure("malformed-reply")
         return out
 
     def train(
@@ -403,10 +393,9 @@ class FlowerClients:
                 continue
             try:
                 latent = from_record(reply.content.array_records["update"])["latent"]
-                loss = float(reply.content.metric_records["metrics"]["loss"])
-                out[client] = ClientResult(client=client, message=latent, losses=[loss])
-            except KeyError as exc:
-                out[client] = NodeError(f"malformed reply from client {client}: missing {exc}")
+                out[client] = ClientResult(client=client, message=latent)
+            except KeyError:
+                out[client] = ClientFailure("malformed-reply")
         return out
 
 

@@ -34,13 +34,13 @@ def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
         ax1.plot([r["round"] for r in evals], [r["accuracy"] for r in evals], "o-")
     ax1.set(xlabel="round", ylabel="held-out accuracy", title="utility")
     ax1.grid(alpha=0.3)
-    if rounds:
-        ax2.plot([r["round"] for r in rounds], [r["loss"] for r in rounds], "o-", label="train")
+    # Only the server's own held-out evaluation: the clients' training loss is raw data
+    # that no epsilon covers, and a real server never receives it.
     if evals:
         ax2.plot(
             [r["round"] for r in evals], [r["heldout_loss"] for r in evals], "s--", label="held-out"
         )
-    ax2.set(xlabel="round", ylabel="loss", title="loss")
+    ax2.set(xlabel="round", ylabel="held-out loss", title="loss")
     _legend(ax2)
     ax2.grid(alpha=0.3)
     fig.tight_layout()

@@ -107,12 +107,15 @@ def write_report(
         f"Total uplink {_fmt(comm['total_up'])} bytes, downlink {_fmt(comm['total_down'])} bytes "
         "(the `dp-fedavg-lora` row is computed from the adapter layout, float32).",
     ]
-    if comm.get("reconstruction"):
-        rec = comm["reconstruction"]
+    raw = s.get("not_covered_by_epsilon") or {}
+    if raw.get("reconstruction"):
+        rec = raw["reconstruction"]
         lines += [
             "",
             "Reconstruction of the real uploads by the codec (before noise): relative error "
-            f"{_fmt(rec['rel_error'])}, cosine {_fmt(rec['cosine'])} (mean over uploads).",
+            f"{_fmt(rec['rel_error'])}, cosine {_fmt(rec['cosine'])} (mean over uploads). "
+            "**Not covered by epsilon**: a simulation diagnostic computed on raw client "
+            "updates, which a real server never sees.",
         ]
     lines += ["", f"![bytes per round]({plots['bytes']})", "", "## Run", ""]
     lines += [f"- {k}: {v}" for k, v in s.get("run", {}).items()]
