@@ -4,7 +4,8 @@ Run it with `make demo` (or `.venv/bin/python examples/privacy_walkthrough.py`).
 It answers the questions a federated run must answer before it starts:
 1. What does a planned run cost under GDP, RDP and PLD?
 2. Which noise multiplier reaches a target epsilon?
-3. What do noise placement (local vs central) and the stage-1 statistics release cost?
+3. What do noise placement (local vs central), the neighbouring relation that holds for
+   each, and the stage-1 statistics release cost?
 """
 
 from __future__ import annotations
@@ -35,20 +36,24 @@ def main() -> None:
         )
     print("  (gdp with q < 1 is the central-limit approximation: it can understate epsilon)\n")
 
-    print("2. the smallest sigma with epsilon <= 8")
-    for acc in A.ALL_ACCOUNTANTS:
+    print("2. the smallest sigma with epsilon <= 8 (central noise, Poisson sampling)")
+    for acc in (A.Accountant.RDP, A.Accountant.PLD):
         sigma = A.calibrate_noise_multiplier(
             target_epsilon=8, delta=DELTA, sample_rate=Q, rounds=ROUNDS, accountant=acc
         )
         print(f"  {acc.value}: sigma = {sigma:.4f}")
-    print()
+    print("  (gdp is not offered: its central-limit approximation never decides a budget)\n")
 
     print("3. one ledger per noise placement, sigma=1.0, with a stage-1 statistics release")
-    stats = A.gaussian_round(noise_multiplier=5.0)
-    central = A.PrivacyLedger(delta=DELTA)
-    local = A.PrivacyLedger(delta=DELTA)
-    central.record(stats, kind="statistics")
-    local.record(stats, kind="statistics")
+    # Central noise with Poisson sampling: add/remove holds while the aggregator hides who
+    # took part. Local noise: the server sees who took part, so a participant's data is
+    # what must be protected: replace-one (sensitivity 2C).
+    central = A.PrivacyLedger(delta=DELTA, relation=A.Relation.ADD_REMOVE)
+    local = A.PrivacyLedger(delta=DELTA, relation=A.Relation.REPLACE_ONE)
+    # The statistics release is seen per client: sensitivity 2C_s under either relation,
+    # i.e. the equivalent Gaussian sigma_s / 2 in add/remove terms.
+    central.record(A.gaussian_round(noise_multiplier=5.0 / 2), kind="statistics")
+    local.record(A.gaussian_round(noise_multiplier=5.0), kind="statistics")
     for t in range(ROUNDS):
         # central: the aggregator adds noise once; sampling amplifies against outsiders.
         central.record(A.gaussian_round(noise_multiplier=1.0, sample_rate=Q), kind="round", round=t)
@@ -59,8 +64,8 @@ def main() -> None:
             A.gaussian_round(noise_multiplier=1.0), kind="round", round=t, clients=participants
         )
     print(header)
-    print(row("central noise (trusted aggregator)", central.epsilons()))
-    print(row("local noise (worst client, 5 rounds taken)", local.epsilons()))
+    print(row("central noise (trusted aggregator), add-remove", central.epsilons()))
+    print(row("local noise (worst client, 5 rounds), replace-one", local.epsilons()))
     print(
         f"  charges: {local.charges()}; rounds per client: max "
         f"{max(local.participation().values())}"

@@ -34,3 +34,8 @@ class StorageError(DrencoderError, OSError):
 
 class ClientDropoutWarning(UserWarning):
     """Fewer clients replied in a round (or in stage 1) than were asked."""
+
+
+class PrivacyWarning(UserWarning):
+    """A run's guarantee is weaker than the default would give (e.g. a relation that does
+    not hold against the party that aggregates, or noise reproducible from the seed)."""

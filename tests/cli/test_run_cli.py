@@ -50,7 +50,7 @@ def test_run_then_resume_from_the_command_line(tmp_path, capsys):
     assert "--resume continues with the run's own config.toml" in capsys.readouterr().err
 
 
-def test_secure_rng_flag_sets_the_config_key_and_is_refused_on_resume(
+def test_reproducible_noise_flag_sets_the_config_key_and_is_refused_on_resume(
     tmp_path, monkeypatch, capsys
 ):
     from drencoder.federated import simulator
@@ -66,7 +66,38 @@ def test_secure_rng_flag_sets_the_config_key_and_is_refused_on_resume(
 
     monkeypatch.setattr(simulator, "Simulator", fake_simulator)
     with pytest.raises(Stop):
-        main(["run", "--secure-rng", "--out", str(tmp_path / "o")])
-    assert seen["config"].privacy.secure_rng is True
-    assert main(["run", "--resume", str(tmp_path / "o"), "--secure-rng"]) == 2
-    assert "--secure-rng" in capsys.readouterr().err
+        main(["run", "--out", str(tmp_path / "d")])
+    assert seen["config"].privacy.reproducible_noise is False  # OS entropy by default
+    with pytest.raises(Stop):
+        main(["run", "--reproducible-noise", "--out", str(tmp_path / "o")])
+    assert seen["config"].privacy.reproducible_noise is True
+    assert main(["run", "--resume", str(tmp_path / "o"), "--reproducible-noise"]) == 2
+    assert "--reproducible-noise" in capsys.readouterr().err
+
+
+def test_the_replaced_secure_rng_key_says_what_to_do(capsys, tmp_path):
+    assert main(["run", "--set", "privacy.secure_rng=true", "--out", str(tmp_path / "o")]) == 2
+    assert "replaced by privacy.reproducible_noise" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
+def test_a_reproducible_run_says_epsilon_does_not_hold_against_the_seed(tmp_path, capsys):
+    import json
+
+    from conftest import make_tiny_llama, make_tiny_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama().save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "run"
+    argv = ["run", "--preset", "smoke", "--set", f'model.name="{model_dir}"']
+    argv += ["--set", "method=dp-fedavg-lora", "--reproducible-noise", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed, err = capsys.readouterr()
+    assert "replace-one relation" in printed
+    assert "does NOT hold against anyone who knows the seed" in err
+    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    assert privacy["reproducible_noise"] is True and privacy["relation"] == "replace-one"
+    assert "does NOT hold" in privacy["noise_seed"]
+    report = (out / "report.md").read_text()
+    assert "**Warning.**" in report and "does NOT hold" in report

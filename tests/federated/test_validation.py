@@ -159,7 +159,9 @@ def simulate(tmp_path, name, method, monkeypatch, *, corrupt=False, drop=False):
 
     monkeypatch.setattr(runtime_mod, "make_message", make_message)
     monkeypatch.setattr(orch_mod, "aggregate", aggregate)
-    cfg = load_config(preset="smoke", overrides=[*BASE, f"method={method}"])
+    # Reproducible noise: the three runs are compared bit for bit.
+    overrides = [*BASE, f"method={method}", "privacy.reproducible_noise=true"]
+    cfg = load_config(preset="smoke", overrides=overrides)
     sim = Simulator(
         cfg,
         tmp_path / name,

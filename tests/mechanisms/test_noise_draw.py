@@ -44,23 +44,31 @@ def test_generator_is_required():
         gaussian_noise((3,), std=1.0, generator=None)
 
 
-def test_noise_generator_secure_draws_differ_and_plain_ones_repeat():
+def test_noise_generator_from_os_entropy_by_default_and_seeded_on_request():
     from drencoder.mechanisms import noise_generator
 
-    def draw(**kw):
-        return gaussian_noise((64,), std=1.0, generator=noise_generator(7, **kw))
+    def draw(seed=None):
+        return gaussian_noise((64,), std=1.0, generator=noise_generator(seed))
 
-    assert torch.equal(draw(), draw())
+    assert torch.equal(draw(7), draw(7))
     assert torch.equal(
-        draw(secure=False),
-        gaussian_noise((64,), std=1.0, generator=torch.Generator().manual_seed(7)),
+        draw(7), gaussian_noise((64,), std=1.0, generator=torch.Generator().manual_seed(7))
     )
-    assert not torch.equal(draw(secure=True), draw(secure=True))
-    assert not torch.equal(draw(secure=True), draw())
+    assert not torch.equal(draw(), draw())
+    assert not torch.equal(draw(), draw(7))
 
 
-def test_noise_generator_secure_seed_comes_from_os_entropy(monkeypatch):
+def test_noise_generator_default_seed_comes_from_os_entropy(monkeypatch):
     from drencoder.mechanisms import noise, noise_generator
 
     monkeypatch.setattr(noise.secrets, "randbits", lambda bits: 12345 + bits)
-    assert noise_generator(0, secure=True).initial_seed() == 12345 + 63
+    assert noise_generator().initial_seed() == 12345 + 63
+    assert noise_generator(0).initial_seed() == 0
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "7"])
+def test_noise_generator_refuses_bad_seeds(seed):
+    from drencoder.mechanisms import noise_generator
+
+    with pytest.raises(ConfigError, match="seed must be an integer"):
+        noise_generator(seed)

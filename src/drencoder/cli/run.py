@@ -29,10 +29,11 @@ def register(subparsers) -> None:
     where.add_argument("--out", metavar="DIR", help="new run directory")
     where.add_argument("--resume", metavar="DIR", help="continue a run from its last checkpoint")
     p.add_argument(
-        "--secure-rng",
+        "--reproducible-noise",
         action="store_true",
-        help="seed the DP noise from OS entropy, not the run seed (privacy.secure_rng = "
-        "true; the noise is then not reproducible; see docs/threat-model.md)",
+        help="research only: draw the DP noise from generators seeded by the run's seed "
+        "(privacy.reproducible_noise = true), so the run repeats exactly; epsilon then does "
+        "not hold against anyone who knows the seed (default: OS entropy)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -44,21 +45,25 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     if args.resume:
-        if args.config or args.overrides or args.preset != "default" or args.secure_rng:
+        if args.config or args.overrides or args.preset != "default" or args.reproducible_noise:
             print(
                 "drencoder run: error: --resume continues with the run's own config.toml; "
-                "drop --config/--set/--preset/--secure-rng",
+                "drop --config/--set/--preset/--reproducible-noise",
                 file=sys.stderr,
             )
             return 2
         prepare_run_dir(args.resume, fresh=False)
         sim = Simulator.resume(args.resume, progress=progress)
     else:
-        if args.secure_rng:
-            args.overrides = [*args.overrides, "privacy.secure_rng=true"]
+        if args.reproducible_noise:
+            args.overrides = [*args.overrides, "privacy.reproducible_noise=true"]
         config = config_from_arguments(args)
         prepare_run_dir(args.out, fresh=True)  # before the model loads
         sim = Simulator(config, args.out, progress=progress)
+    if sim.config.privacy.reproducible_noise:
+        from drencoder.federated.summary import REPRODUCIBLE_NOISE_WARNING
+
+        print(f"warning: {REPRODUCIBLE_NOISE_WARNING}", file=sys.stderr)
     summary = sim.run()
     out = sim.run_dir
     print(f"run directory: {out}")
@@ -66,10 +71,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"rounds:        {summary['rounds_done']} of {summary['rounds_planned']}")
     if summary["stop_reason"]:
         print(f"stopped:       {summary['stop_reason']}")
-    eps = summary["privacy"].get("epsilon")
+    privacy = summary["privacy"]
+    eps = privacy.get("epsilon")
     if eps:
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in eps.items())
-        print(f"epsilon:       {shown} (delta {summary['privacy']['delta']:g}, worst client)")
+        shown = ", ".join(f"{k} {'n/a' if v is None else format(v, '.4g')}" for k, v in eps.items())
+        print(
+            f"epsilon:       {shown} (delta {privacy['delta']:g}, worst client, "
+            f"{privacy['relation']} relation)"
+        )
+        print(f"holds against: {privacy['holds_against']}")
+        if privacy.get("reproducible_noise"):
+            print(f"warning: {privacy['noise_seed']}", file=sys.stderr)
     else:
         print("epsilon:       none (no differential privacy: fedavg-lora adds no noise)")
     return 0

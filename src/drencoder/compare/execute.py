@@ -188,6 +188,7 @@ def run_one(
         "seed": planned.seed,
         "task": cfg.data.task.value,
         "epsilon": privacy.get("epsilon"),
+        "relation": privacy.get("relation"),
         "delta": privacy.get("delta"),
         "noise_multiplier": privacy.get("noise_multiplier"),
         "clip_norm": privacy.get("clip_norm"),

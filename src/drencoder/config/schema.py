@@ -141,13 +141,22 @@ class PrivacyConfig:
             "Accountant for the budget stop and calibration.", choices=("gdp", "rdp", "pld")
         ),
     )
-    secure_rng: bool = field(
+    relation: str = field(
+        default="auto",
+        metadata=_help(
+            "Neighbouring relation epsilon is stated under: auto (replace-one, except "
+            "add-remove for central noise with Poisson sampling), add-remove or replace-one. "
+            "See docs/privacy.md.",
+            choices=("auto", "add-remove", "replace-one"),
+        ),
+    )
+    reproducible_noise: bool = field(
         default=False,
         metadata=_help(
-            "Seed the DP noise (and stage-1 release) generators from OS entropy instead of "
-            "seed: the noise cannot be recomputed from the config, and the run is not "
-            "reproducible. Resume still continues the checkpointed stream. See "
-            "docs/threat-model.md."
+            "Research only: draw the DP noise and the Poisson participation from generators "
+            "seeded by seed, so a run can be repeated exactly. Anyone who knows the seed can "
+            "then regenerate the noise and subtract it: the printed epsilon does not hold "
+            "against them. Default false: OS entropy. See docs/threat-model.md."
         ),
     )
 

@@ -1,12 +1,20 @@
-"""What a run is charged, planned before it starts and recorded as it goes (DESIGN §3).
+"""What a run is charged, planned before it starts and recorded as it goes.
 
-- ``central`` noise with Poisson sampling at q < 1: each round is
-  ``PoissonSampled(q, Gaussian(σ))``, charged to every client (amplification by sampling
-  holds against everyone but a trusted aggregator).
-- ``central`` noise otherwise (q = 1, or fixed-size sampling): ``Gaussian(σ)`` to every
-  client, no amplification claimed.
-- ``local`` noise: ``Gaussian(σ)`` charged only to the round's participants.
-- DR-Encoder's statistics release: one ``Gaussian(σ_s)`` event charged to every client.
+The neighbouring relation (``privacy.relation``, resolved by
+:func:`drencoder.accounting.resolve_relation`) decides how every event is analysed. By
+default it is the one that holds against the party that aggregates:
+
+- ``local`` noise (any sampling): **replace-one**. The server sees who took part, so it is
+  a participant's *data* that must be protected: its clipped message can move by 2C.
+  Each round charges ``Gaussian(σ)`` (analysed with shift 2C) to the sampled clients.
+- ``central`` noise, fixed-size sampling: **replace-one** (a client displaces another
+  from a cohort of fixed size); ``Gaussian(σ)`` to every client, no amplification.
+- ``central`` noise, Poisson sampling: **add-remove** (sensitivity C), valid when a trusted
+  aggregator or secure aggregation hides who took part;
+  ``PoissonSampled(q, Gaussian(σ))`` to every client (``Gaussian(σ)`` when q = 1).
+- DR-Encoder's statistics release: every client sends its own noised vector and the
+  server sees who sent one, so it is charged at sensitivity 2C_s under either relation:
+  ``Gaussian(σ_s)`` under replace-one, the equivalent ``Gaussian(σ_s/2)`` under add-remove.
 
 Calibration plans for the worst client: with ``local`` noise a client could take part in
 every round, so σ is calibrated for T full participations; the run's actual ledger
@@ -37,10 +45,35 @@ def expected_clients(config: RunConfig) -> float:
     return s.rate * config.clients if s.scheme is Sampling.POISSON else float(s.per_round)
 
 
+def relation(config: RunConfig) -> accounting.Relation:
+    """The neighbouring relation this run's epsilon is stated under."""
+    return accounting.resolve_relation(
+        config.privacy.relation,
+        placement=config.privacy.placement.value,
+        sampling=config.sampling.scheme.value,
+    )
+
+
+def statistics_event(release, relation_: accounting.Relation) -> dp_event.DpEvent:
+    """The stage-1 release's charge, at sensitivity 2C_s under either relation."""
+    event = release.dp_event()
+    if (
+        relation_ is accounting.Relation.ADD_REMOVE
+        and isinstance(event, dp_event.GaussianDpEvent)
+        and event.noise_multiplier > 0
+    ):
+        return dp_accounting.GaussianDpEvent(event.noise_multiplier / 2)
+    return event
+
+
 def round_charge(
     mechanism: GaussianMechanism, config: RunConfig, participants: Sequence[int]
 ) -> tuple[dp_event.DpEvent, list[int] | None]:
-    """The event one round performs and the clients it is charged to (None = all)."""
+    """The event one round performs and the clients it is charged to (None = all).
+
+    With ``local`` noise these are the sampled clients, charged when the round's tasks are
+    sent, whether or not their replies arrive.
+    """
     event = mechanism.dp_event(
         sample_rate=amplification_rate(config), sampling=config.sampling.scheme
     )
@@ -72,5 +105,6 @@ def calibrate_noise(config: RunConfig, stats_event: dp_event.DpEvent | None) -> 
         target_epsilon=config.target_epsilon,
         delta=config.delta,
         accountant=config.privacy.accountant,
+        relation=relation(config),
         rtol=1e-3,
     )

@@ -9,10 +9,21 @@ Layout inside ``RUN/checkpoints/``::
         ledger.json            the privacy ledger
         state.json             round, noise multiplier, metrics row count, stop reason
     latest.json            {"round": 3, "dir": "round-0003"}, replaced atomically
+    pending-charges.jsonl  privacy charges made since the newest checkpoint (write-ahead)
 
 A checkpoint directory is written under a temporary name and renamed into place, and
 ``latest.json`` is replaced only afterwards, so a run killed at any moment leaves the
 previous checkpoint intact. The two newest round directories are kept.
+
+Write-ahead charges. A client's message is a release the moment the client is asked for
+it, whether or not its reply is ever aggregated. The server therefore appends each charge
+to ``pending-charges.jsonl`` (flushed and fsync-ed) *before* it sends the round's tasks, and
+a checkpoint written afterwards absorbs them. When a run is killed between sending and
+its next checkpoint, the resumed run adds the pending charges to the checkpoint's ledger
+before it re-runs those rounds: the interrupted attempt stays charged, and the re-run is
+charged again, since its clients may answer with fresh noise. Each pending line records
+the ledger position its entry took, so a crash between writing a checkpoint and clearing
+the file never charges an entry twice.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from drencoder.accounting import PrivacyLedger
+from drencoder.accounting.ledger import Entry
 from drencoder.errors import CheckpointError
 
 FORMAT = 1
@@ -156,3 +168,43 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         noise_multiplier=sigma,
         extra=extra,
     )
+
+
+PENDING = "pending-charges.jsonl"
+
+
+def append_pending(run_dir: str | os.PathLike, entry: Entry, *, index: int) -> None:
+    """Persist one charge (ledger position ``index``) before its release happens."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / PENDING).open("a") as f:
+        f.write(json.dumps({"index": index, "entry": entry.to_json()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_pending(run_dir: str | os.PathLike, *, after: int) -> list[Entry]:
+    """The pending charges whose ledger position is ``>= after`` (not yet in a checkpoint
+    whose ledger has ``after`` entries), in order. A torn last line (a crash while it was
+    written, before its tasks were sent) is ignored; any other damage raises."""
+    path = Path(run_dir) / "checkpoints" / PENDING
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            data = json.loads(line)
+            index, entry = int(data["index"]), Entry.from_json(data["entry"])
+        except (ValueError, KeyError, TypeError) as exc:
+            if i == len(lines) - 1:
+                break
+            raise _damaged(path, f"has a malformed line {i + 1} ({exc})") from None
+        if index >= after:
+            out.append(entry)
+    return out
+
+
+def clear_pending(run_dir: str | os.PathLike) -> None:
+    """Forget the pending charges once a checkpoint holds them."""
+    (Path(run_dir) / "checkpoints" / PENDING).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec
 from drencoder.config import RunConfig
 from drencoder.errors import ClientDropoutWarning
-from drencoder.federated import rundir
+from drencoder.federated import budget, rundir
 from drencoder.federated.methods import CodecKind
 from drencoder.federated.rounds import failure_code
 from drencoder.federated.stage1 import stage1_tasks, train_codec
@@ -46,6 +46,12 @@ def build_codec(server: FederatedServer) -> Codec:
 def _stage1(server: FederatedServer) -> Codec:
     """DR-Encoder stage 1: the clients' releases, then the auto-encoder (server)."""
     tasks = stage1_tasks(server.config.clients, generator=server.generators["stage1"])
+    if server.spec.private:  # written ahead: charged before any client is asked
+        server.charge(
+            budget.statistics_event(server.release, server.relation),
+            kind="statistics",
+            label=f"stage-1 statistics, {server.relation.value}",
+        )
     replies = server._pool().release_statistics(tasks, global_state=server.global_state)
     received = {c: r for c, r in replies.items() if not isinstance(r, BaseException)}
     failed = {c: failure_code(r) for c, r in replies.items() if isinstance(r, BaseException)}
@@ -68,8 +74,6 @@ def _stage1(server: FederatedServer) -> Codec:
         statistics_norms=None if any(n is None for n in norms) else norms,
         progress=server.progress,
     )
-    if server.spec.private:
-        server.ledger.record(result.dp_event, kind="statistics", label="stage-1 statistics")
     # Clients receive the encoder (and the normalisation); the decoder stays on the server.
     encoder_bytes = sum(
         t.numel() * t.element_size()

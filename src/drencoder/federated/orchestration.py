@@ -16,16 +16,20 @@ Who runs the clients is a :class:`ClientPool`: the in-process simulator
 :class:`~drencoder.federated.runtime.ClientRuntime` on the client side.
 
 Every random choice of the server comes from one of the run's named generators
-(sampling, data, train, noise, stage1), derived from ``seed`` and checkpointed, so a
-resumed run is bit-identical to an uninterrupted one. With ``privacy.secure_rng`` the
-streams that draw DP noise (noise, stage1) are seeded from OS entropy instead; their states
-are still checkpointed, so resume continues them exactly.
+(sampling, data, train, noise, stage1), all checkpointed, so a resumed run continues
+exactly where it stopped. The streams a DP guarantee rests on (:data:`DP_STREAMS`: Poisson
+participation and every Gaussian draw) are seeded from OS entropy; the others from
+``seed``. ``privacy.reproducible_noise = true`` seeds every stream from ``seed`` (research
+only: the run's outputs then say that epsilon does not hold against anyone who knows it).
+
+Privacy charges are written ahead (:func:`~drencoder.federated.checkpoint.append_pending`):
+a round is charged to the ledger and the charge persisted before its tasks go out, and
+never refunded, whatever comes back.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -36,10 +40,23 @@ from tqdm.auto import tqdm
 from drencoder import accounting
 from drencoder.codecs import Codec, load_codec
 from drencoder.config import RunConfig, dump_toml, load_config
-from drencoder.errors import BudgetExceeded, CheckpointError, ClientDropoutWarning, ConfigError
+from drencoder.errors import (
+    BudgetExceeded,
+    CheckpointError,
+    ClientDropoutWarning,
+    ConfigError,
+    PrivacyWarning,
+)
 from drencoder.evaluation import eval_record, score_multiple_choice
 from drencoder.federated import budget, rundir
-from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from drencoder.federated.checkpoint import (
+    Checkpoint,
+    append_pending,
+    clear_pending,
+    load_checkpoint,
+    read_pending,
+    save_checkpoint,
+)
 from drencoder.federated.codec_setup import build_codec
 from drencoder.federated.methods import spec_for
 from drencoder.federated.rounds import (
@@ -64,8 +81,12 @@ from drencoder.lora import (
 from drencoder.mechanisms import GaussianMechanism, noise_generator
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
-# The streams that draw DP noise; privacy.secure_rng seeds them from OS entropy.
-SECURE_STREAMS = ("noise", "stage1")
+DP_STREAMS = ("sampling", "noise")
+"""The streams a DP guarantee rests on: Poisson participation (``sampling``) and every
+Gaussian draw (``noise``: central noise; in a simulation also the clients' local noise and
+their stage-1 release noise). Seeded from OS entropy unless ``privacy.reproducible_noise``.
+``data``, ``train`` and ``stage1`` (batch order, training seeds, the auto-encoder's
+initialisation and prior samples) protect nothing and stay reproducible from ``seed``."""
 
 
 class FederatedServer:
@@ -104,15 +125,23 @@ class FederatedServer:
         self.layout = adapter_layout(self.model, sent=self.spec.sent)
         self.global_state = get_adapter_state(self.model)
         self.workload = build_workload(config, self.tokenizer)
+        secret = not config.privacy.reproducible_noise
         self.generators = {
             name: noise_generator(
-                derive_seed(config.seed, name),
-                secure=config.privacy.secure_rng and name in SECURE_STREAMS,
+                None if secret and name in DP_STREAMS else derive_seed(config.seed, name)
             )
             for name in GENERATORS
         }
         self.release = release_for(config)
-        self.ledger = accounting.PrivacyLedger(delta=config.delta)
+        self.relation = budget.relation(config)
+        self.relation_warning = accounting.relation_warning(
+            self.relation,
+            placement=config.privacy.placement.value,
+            sampling=config.sampling.scheme.value,
+        )
+        if self.relation_warning and self.spec.private:
+            warnings.warn(self.relation_warning, PrivacyWarning, stacklevel=2)
+        self.ledger = accounting.PrivacyLedger(delta=config.delta, relation=self.relation)
         self.codec: Codec | None = None
         self.noise_multiplier: float | None = None
         self.sigma_source = "config"
@@ -131,7 +160,9 @@ class FederatedServer:
             return
         sigma = self.config.privacy.noise_multiplier
         if sigma is None:
-            stats_event = self.release.dp_event() if self.spec.stage1 else None
+            stats_event = (
+                budget.statistics_event(self.release, self.relation) if self.spec.stage1 else None
+            )
             sigma = budget.calibrate_noise(self.config, stats_event)
             self.sigma_source = (
                 f"calibrated for epsilon <= {self.config.target_epsilon:g} under "
@@ -155,6 +186,52 @@ class FederatedServer:
                 "(the Simulator and the Flower ServerApp do this)"
             )
         return self.clients
+
+    # -- privacy charges ---------------------------------------------------------------
+    def charge(
+        self,
+        event,
+        *,
+        kind: str,
+        label: str,
+        round: int | None = None,
+        clients=None,
+    ) -> None:
+        """Record ``event`` in the ledger and persist it before the release it pays for."""
+        entry = self.ledger.record(event, kind=kind, label=label, round=round, clients=clients)
+        append_pending(self.run_dir, entry, index=len(self.ledger) - 1)
+
+    def charge_round(self, plan: RoundPlan) -> None:
+        """Charge round ``plan.round`` before its tasks are sent (never refunded).
+
+        With local noise every *sampled* client is charged, whether or not its reply
+        arrives in time: a late or lost reply was still released. Central noise charges
+        every client (``clients=None``).
+        """
+        if plan.charge is None:
+            return
+        event, charged = plan.charge
+        p, cfg = self.config.privacy, self.config
+        self.charge(
+            event,
+            kind="round",
+            round=plan.round,
+            clients=charged,
+            label=f"round {plan.round}: {p.placement.value} noise, "
+            f"{cfg.sampling.scheme.value} sampling, clip {p.clip_point.value} at "
+            f"C={p.clip_norm:g}, {self.relation.value}",
+        )
+
+    def _absorb_pending(self, after: int) -> None:
+        """Add charges written ahead by an interrupted attempt (see ``checkpoint``)."""
+        for entry in read_pending(self.run_dir, after=after):
+            self.ledger.record(
+                entry.event,
+                kind=entry.kind,
+                round=entry.round,
+                clients=entry.clients,
+                label=f"{entry.label} (interrupted attempt, charged again when re-run)",
+            )
 
     # -- metrics -----------------------------------------------------------------------
     def _append(self, row: dict) -> None:
@@ -204,6 +281,8 @@ class FederatedServer:
             "questions": mc.n_questions,
             **{k: v for k, v in record.items() if k not in ("accuracy",)},
         }
+        if eps:
+            row["relation"] = self.relation.value
         self._append(row)
         return row
 
@@ -221,6 +300,7 @@ class FederatedServer:
                 extra={"sigma_source": self.sigma_source, "stop_reason": self.stop_reason},
             ),
         )
+        clear_pending(self.run_dir)
 
     def _restore(self, ckpt: Checkpoint) -> None:
         # Read and check everything first, write last: a damaged run directory raises
@@ -228,7 +308,12 @@ class FederatedServer:
         codec = load_codec(self.run_dir / "checkpoints" / "codec")
         rows = rundir.read_metrics(self.metrics_path, ckpt.metrics_rows)
         rundir.restore_model_state(self, ckpt)
-        self.ledger = ckpt.ledger
+        # The run's relation decides the analysis; the events describe the mechanism, so a
+        # ledger written under another relation (or before it was recorded) is re-read.
+        self.ledger = accounting.PrivacyLedger(
+            delta=self.config.delta, relation=self.relation, entries=ckpt.ledger.entries
+        )
+        self._absorb_pending(after=len(ckpt.ledger))
         self.round = ckpt.round
         self.noise_multiplier = ckpt.noise_multiplier
         self.sigma_source = ckpt.extra.get("sigma_source", "config")
@@ -268,6 +353,9 @@ class FederatedServer:
             )
         (self.run_dir / "config.toml").write_text(dump_toml(self.config))
         self.metrics_path.write_text("")
+        # An earlier start of this directory may have released stage-1 statistics before
+        # it was killed: those charges stay.
+        self._absorb_pending(after=0)
         self._plan_noise()
         self.evaluate()
         codec_dir = self.run_dir / "checkpoints" / "codec"
@@ -309,6 +397,7 @@ class FederatedServer:
         """Plan round ``t``, let the client pool do the clients' work, finish the round."""
         start = time.perf_counter()
         plan = self.plan_round(t)
+        self.charge_round(plan)
         replies = self._pool().train(
             plan, global_state=self.global_state, codec=self.codec, mechanism=self.mechanism
         )
@@ -385,7 +474,8 @@ class FederatedServer:
         *,
         started: float | None = None,
     ) -> dict:
-        """Aggregate what arrived, update the adapter, charge the ledger; the metrics row."""
+        """Aggregate what arrived, update the adapter; the metrics row. The round was
+        charged when it was sent (:meth:`charge_round`)."""
         cfg, mech, t = self.config, self.mechanism, plan.round
         received, failed, rejected = self.collect(plan, replies)
         if failed:
@@ -407,20 +497,6 @@ class FederatedServer:
         self.global_state = apply_delta(
             self.global_state, self.layout.unflatten(decoded), scale=cfg.server.lr
         )
-        if plan.charge is not None:
-            event, charged = plan.charge
-            if charged is not None:  # local noise: only the clients whose message arrived
-                charged = sorted({*received, *rejected})
-            if charged is None or charged:
-                p = cfg.privacy
-                self.ledger.record(
-                    event,
-                    kind="round",
-                    round=t,
-                    clients=charged,
-                    label=f"round {t}: {p.placement.value} noise, {cfg.sampling.scheme.value} "
-                    f"sampling, clip {p.clip_point.value} at C={p.clip_norm:g}",
-                )
         self.round = t
         row = {
             "kind": "round",
@@ -430,6 +506,7 @@ class FederatedServer:
             "failed": {str(c): reason for c, reason in failed.items()},
             "rejected": {str(c): reason for c, reason in rejected.items()},
             "epsilon": self._epsilons(),
+            "relation": self.relation.value if self.spec.private else None,
             "noise_multiplier": self.noise_multiplier,
             # Measured on what arrived: latent_dim × 4 per message (float32 latents).
             "bytes_up": sum(r.message.numel() * r.message.element_size() for r in results),

@@ -9,12 +9,14 @@ The server side is :class:`~drencoder.federated.orchestration.FederatedServer`; 
 side is :class:`~drencoder.federated.runtime.ClientRuntime`, the same objects the Flower
 apps run. The simulator only carries the messages between them, in memory. Clients draw
 their privacy noise from the run's ``noise`` generator, so a run is a function of its
-seed and a resumed run is bit-identical to an uninterrupted one.
+checkpointed state and a resumed run continues exactly.
 
 Faults: an exception raised inside one client's work (including from the hook's
 ``"client_work"`` event, which tests use to inject failures) makes that client a dropout
-for the round; the round completes with the others and the ledger charges only the
-clients whose message arrived. An ``AssertionError`` (a broken internal invariant) is
+for the round; the round completes with the others. The round was charged to every
+sampled client when it was sent (see ``FederatedServer.charge_round``), so a dropout is
+never refunded. Its error is recorded as the fixed code ``client-error``; the text is shown
+only in a local warning. An ``AssertionError`` (a broken internal invariant) is
 raised at once, and so is the first error when every sampled client of a round fails: in
 one process that is a bug, not a network. An exception from any other hook
 event (``"client_done"``, ``"round_done"``) stops the run, as a crash would.
@@ -22,12 +24,14 @@ event (``"client_done"``, ``"round_done"``) stops the run, as a crash would.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from drencoder.codecs import Codec
+from drencoder.errors import ClientDropoutWarning
 from drencoder.federated.orchestration import (
     GENERATORS,
     FederatedServer,
@@ -90,6 +94,14 @@ class InProcessClients:
                 raise
             except Exception as exc:  # a failing client is a dropout, see the module doc
                 replies[task.client] = exc
+                # The text stays here: metrics and reports get only a fixed code, since a
+                # real server never sees a client's exception (it can carry its data).
+                warnings.warn(
+                    f"simulated client {task.client} failed in round {plan.round}: "
+                    f"{type(exc).__name__}: {exc} (recorded as 'client-error')",
+                    ClientDropoutWarning,
+                    stacklevel=2,
+                )
             hook("client_done", round=plan.round, client=task.client)
         errors = [r for r in replies.values() if isinstance(r, BaseException)]
         if errors and len(errors) == len(replies):

@@ -19,6 +19,56 @@ if TYPE_CHECKING:
     from drencoder.federated.orchestration import FederatedServer
 
 
+REPRODUCIBLE_NOISE_WARNING = (
+    "privacy.reproducible_noise = true: the noise and the Poisson participation were drawn "
+    "from generators seeded by the run's seed. The printed epsilon does NOT hold against "
+    "anyone who knows the seed (it is in config.toml and summary.json): they can regenerate "
+    "the noise and subtract it. Use such runs for research only."
+)
+
+
+def noise_seed_statement(cfg) -> str:
+    """Where the DP noise came from, in one sentence for summary and report."""
+    if cfg.privacy.reproducible_noise:
+        return REPRODUCIBLE_NOISE_WARNING
+    return (
+        "operating-system entropy: the noise cannot be regenerated from the config or the "
+        "outputs (the checkpointed generator states are secret run state)"
+    )
+
+
+def holds_against(cfg) -> str:
+    """Which parties the run's epsilon holds against, in one sentence."""
+    if cfg.privacy.placement.value == "local":
+        who = "the server, an eavesdropper, other clients and anyone with the outputs"
+    else:
+        who = (
+            "other clients and anyone with the outputs; NOT the aggregator, which sees each "
+            "clipped, un-noised message (valid with a trusted aggregator or secure "
+            "aggregation)"
+        )
+    if cfg.privacy.reproducible_noise:
+        who += "; not against anyone who knows the seed"
+    return who
+
+
+def not_covered(cfg, relation: str) -> list[str]:
+    """The parts of a run directory that no epsilon covers (keep them private)."""
+    out = [
+        "checkpoints/: the exact global adapters and the generator states that drew the noise "
+        "(secret run state)",
+        f"the '{rundir.NOT_COVERED}' fields of metrics.jsonl and summary.json: measured on raw "
+        "client data inside a simulation",
+    ]
+    if relation == "add-remove":
+        out.append(
+            "the sampled, participants, failed, rejected and bytes_up fields of metrics.jsonl: "
+            "the aggregator's view of who took part, which the add-remove epsilon assumes "
+            "hidden"
+        )
+    return out
+
+
 def summarize(sim: FederatedServer) -> dict:
     cfg, rows = sim.config, sim.rows
     rounds = [r for r in rows if r["kind"] == "round"]
@@ -36,6 +86,12 @@ def summarize(sim: FederatedServer) -> dict:
             {
                 "delta": cfg.delta,
                 "epsilon": eps,
+                "relation": sim.relation.value,
+                "relation_warning": sim.relation_warning,
+                "holds_against": holds_against(cfg),
+                "noise_seed": noise_seed_statement(cfg),
+                "reproducible_noise": cfg.privacy.reproducible_noise,
+                "not_covered": not_covered(cfg, sim.relation.value),
                 "noise_multiplier": sim.noise_multiplier,
                 "sigma_source": sim.sigma_source,
                 "clip_norm": cfg.privacy.clip_norm,

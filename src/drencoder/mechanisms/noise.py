@@ -20,18 +20,21 @@ attack on the Laplace analogue). That is acceptable for research and simulation;
 deployment that must resist an adversary who sees the raw noisy values should substitute a
 CSPRNG-backed, discretised sampler here, the one place it would have to change.
 
-**Seeding** (:func:`noise_generator`). By default the noise generator is seeded from the
-run's ``seed``, so a run can be repeated exactly; whoever knows the seed can then recompute
-the noise and subtract it. With ``secure=True`` (``privacy.secure_rng``, ``drencoder run
---secure-rng``) the seed is 63 bits from the operating system's entropy source
-(:func:`secrets.randbits`, i.e. ``os.urandom``), used once and never stored: the noise can
-no longer be reproduced from the config. The generator *state* is still checkpointed, so a
-resumed run continues the same stream; protect checkpoints like the data. This removes
-seed guessing, not every attack: Mersenne Twister's output is predictable from enough
-observed outputs, and the floating-point issue above (Mironov 2012, "On significance of the
-least significant bits for differential privacy") remains. In the simulator every client's
-local noise comes from one generator held by the simulated server; in a real deployment
-each client must draw its local noise on its own device from a seed the server never sees.
+**Seeding** (:func:`noise_generator`). Every generator that a DP guarantee rests on (the
+noise of each round, local or central, the stage-1 release noise, and Poisson
+participation) is seeded by default with 63 bits from the operating system's entropy source
+(:func:`secrets.randbits`, i.e. ``os.urandom``), used once and never stored or sent: nobody,
+not even someone holding the run's config, can regenerate the noise and subtract it. The
+generator *state* is checkpointed so that a resumed run continues the same stream; it is
+secret run state (protect checkpoints like the data), not derivable from the config.
+Seeding from the run's ``seed`` (``privacy.reproducible_noise = true``) is a research
+opt-in: the run can be repeated exactly, and anyone who knows the seed can subtract the
+noise, so the printed epsilon does not hold against them. OS entropy removes seed
+guessing, not every attack: Mersenne Twister's output is predictable from enough observed
+outputs, and the floating-point issue above (Mironov 2012, "On significance of the least
+significant bits for differential privacy") remains. In the simulator every client's local
+noise comes from one generator held by the simulated server; in a deployment each client
+draws its local noise on its own device from OS entropy.
 """
 
 from __future__ import annotations
@@ -73,12 +76,15 @@ def gaussian_noise(
     return noise.to(device)
 
 
-def noise_generator(seed: int, *, secure: bool = False) -> torch.Generator:
-    """A CPU ``torch.Generator`` for DP noise: seeded with ``seed``, or with ``secure=True``
-    with 63 bits of operating-system entropy (``seed`` is then ignored; see the module
-    docstring for what this does and does not protect against)."""
-    if not secure:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got seed={seed!r}")
-        return torch.Generator().manual_seed(seed)
-    return torch.Generator().manual_seed(secrets.randbits(63))
+def noise_generator(seed: int | None = None) -> torch.Generator:
+    """A CPU ``torch.Generator`` for DP noise.
+
+    ``seed=None`` (what every DP stream uses by default): seeded with 63 bits of
+    operating-system entropy, never stored. An integer ``seed`` gives a reproducible stream,
+    which anyone who knows the seed can regenerate (see the module docstring).
+    """
+    if seed is None:
+        return torch.Generator().manual_seed(secrets.randbits(63))
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0 or None (OS entropy), got seed={seed!r}")
+    return torch.Generator().manual_seed(seed)

@@ -96,7 +96,11 @@ def report_markdown(result: dict, plots: dict[str, str]) -> str:
         + ".",
         "σ is calibrated per method so that its own events (stage-1 statistics included for "
         "dr-encoder) reach the target ε; ε columns are what the ledger charged "
-        "(gdp / rdp / pld, worst client).",
+        "(gdp / rdp / pld, worst client), under the "
+        + " / ".join(
+            sorted({str(r.get("relation")) for r in records if r.get("relation")}) or ["n/a"]
+        )
+        + " neighbouring relation.",
         "",
         "| method | target ε | ε gdp / rdp / pld | σ | uplink bytes per client per round | "
         + " | ".join(utility)

@@ -68,9 +68,14 @@ def write_report(
     lines += ["", f"![utility and loss per round]({plots['utility']})", "", "## Privacy", ""]
     priv = s["privacy"]
     if priv.get("private"):
+        if priv.get("reproducible_noise"):
+            lines += [f"> **Warning.** {priv['noise_seed']}", ""]
+        if priv.get("relation_warning"):
+            lines += [f"> **Warning.** {priv['relation_warning']}", ""]
         lines += [
             f"Client-level (epsilon, delta = {priv['delta']:g}) after the last round, worst "
-            "client:",
+            f"client, under the **{priv['relation']}** neighbouring relation. It holds "
+            f"against {priv['holds_against']}.",
             "",
             "| accountant | epsilon |",
             "|---|---:|",
@@ -81,7 +86,10 @@ def write_report(
             f"- noise placement `{priv['placement']}`, clip point `{priv['clip_point']}`, "
             f"aggregation `{priv['aggregation']}`, sampling `{priv['sampling']}`",
             f"- budget: target epsilon {_fmt(priv['target_epsilon'])} under `{priv['accountant']}`",
-            f"- ledger charges: {priv['charges']}",
+            f"- ledger charges: {priv['charges']} (each charged when its tasks were sent, "
+            "never refunded)",
+            f"- noise source: {priv['noise_seed']}",
+            "- not covered by epsilon (keep private): " + "; ".join(priv.get("not_covered", [])),
         ]
         if priv.get("statistics"):
             lines.append(f"- stage-1 statistics release: {priv['statistics']}")
