@@ -4,7 +4,7 @@ import dp_accounting
 import pytest
 
 from drencoder import accounting as A
-from drencoder.errors import CheckpointError
+from drencoder.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -85,3 +85,102 @@ def test_load_errors_are_clear(tmp_path):
     bad.write_text('{"format": 99}')
     with pytest.raises(CheckpointError, match="format"):
         A.PrivacyLedger.load(bad)
+
+
+def _local_round(sigma=1.0):
+    return A.round_event(
+        noise_multiplier=sigma, placement="local", sampling="poisson", sample_rate=0.3
+    )
+
+
+def test_relation_defaults_to_add_remove_and_is_used_for_every_epsilon():
+    assert A.PrivacyLedger(delta=1e-5).relation is A.Relation.ADD_REMOVE
+    ledger = A.PrivacyLedger(delta=1e-5, relation="replace-one")
+    assert ledger.relation is A.Relation.REPLACE_ONE
+    ledger.record(_round(4.0), kind="statistics")
+    ledger.record(_local_round(), kind="round", round=0, clients=[0, 1])
+    ledger.record(_local_round(), kind="round", round=1, clients=[1])
+    worst = dp_accounting.ComposedDpEvent([_round(4.0), A.repeated(_round(1.0), 2)])
+    expected = A.epsilons(worst, delta=1e-5, relation="replace-one")
+    assert ledger.epsilons() == pytest.approx(expected)
+    assert ledger.epsilon("pld") > A.epsilon(worst, delta=1e-5, accountant="pld")
+
+
+def test_unsupported_accountant_gives_none_in_epsilons():
+    ledger = A.PrivacyLedger(delta=1e-5, relation="replace-one")
+    ledger.record(_round(1.0, 0.25), kind="round", round=0)
+    eps = ledger.epsilons()
+    assert eps["rdp"] is None
+    assert eps["pld"] is not None and eps["gdp"] is not None
+    with pytest.raises(A.UnsupportedRelation):
+        ledger.epsilon("rdp")
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp", "gdp"])
+def test_would_exceed_agrees_with_record_then_epsilon_under_replace_one(accountant):
+    ledger = A.PrivacyLedger(delta=1e-5, relation="replace-one")
+    ledger.record(_round(3.0), kind="statistics")
+    ledger.record(_local_round(1.5), kind="round", round=0, clients=[0])
+    probe = _local_round(1.5)
+    after = A.PrivacyLedger.from_json(ledger.to_json())
+    after.record(probe, kind="round", round=1, clients=[0])
+    eps_after = after.epsilon(accountant)
+    kwargs = {"accountant": accountant, "clients": [0]}
+    assert not ledger.would_exceed(probe, target_epsilon=eps_after + 1e-9, **kwargs)
+    assert ledger.would_exceed(probe, target_epsilon=eps_after - 1e-3, **kwargs)
+    # a different client's probe leaves client 0 as the worst: same answer at eps_after
+    before = ledger.epsilon(accountant)
+    assert not ledger.would_exceed(
+        probe, target_epsilon=before + 1e-9, **{**kwargs, "clients": [5]}
+    )
+    assert len(ledger) == 2
+
+
+def test_gdp_never_decides_a_budget_under_the_clt():
+    ledger = A.PrivacyLedger(delta=1e-5)
+    ledger.record(_round(1.0), kind="round", round=0)
+    assert not ledger.would_exceed(_round(1.0), target_epsilon=100, accountant="gdp")  # exact
+    with pytest.raises(ConfigError, match="central-limit.*pld or rdp"):
+        ledger.would_exceed(_round(1.0, 0.25), target_epsilon=100, accountant="gdp")
+    ledger.record(_round(1.0, 0.25), kind="round", round=1)
+    with pytest.raises(ConfigError, match="central-limit"):
+        ledger.would_exceed(_round(1.0), target_epsilon=100, accountant="gdp")
+    # reporting the CLT figure stays allowed
+    assert ledger.epsilon("gdp") > 0
+
+
+def test_json_round_trip_keeps_the_relation(tmp_path):
+    ledger = A.PrivacyLedger(delta=1e-6, relation="replace-one")
+    ledger.record(_round(3.0), kind="statistics")
+    ledger.record(_local_round(1.1), kind="round", round=0, clients=[2])
+    path = tmp_path / "ledger.json"
+    ledger.save(path)
+    assert json.loads(path.read_text())["relation"] == "replace-one"
+    loaded = A.PrivacyLedger.load(path)
+    assert loaded.relation is A.Relation.REPLACE_ONE
+    assert loaded == ledger
+    assert loaded.epsilons() == ledger.epsilons()
+    other = A.PrivacyLedger.from_json({**ledger.to_json(), "relation": "add-remove"})
+    assert other != ledger  # equality includes the relation
+    assert "replace-one" in repr(ledger)
+
+
+def test_ledger_written_before_the_relation_key_loads_as_add_remove():
+    old = {
+        "format": 1,
+        "delta": 1e-5,
+        "entries": [
+            {
+                "kind": "round",
+                "label": "round 0",
+                "round": 0,
+                "clients": None,
+                "event": {"type": "GaussianDpEvent", "noise_multiplier": 1.0},
+            }
+        ],
+    }
+    ledger = A.PrivacyLedger.from_json(old)
+    assert ledger.relation is A.Relation.ADD_REMOVE
+    assert ledger.epsilon("pld") == A.epsilon(_round(1.0), delta=1e-5, accountant="pld")
+    with pytest.raises(CheckpointError, match="relation must be one of"):
+        A.PrivacyLedger.from_json({**old, "relation": "zero-out"})

@@ -1,4 +1,5 @@
-"""Privacy accounting: GDP (own), RDP and PLD (dp-accounting), a ledger, calibration.
+"""Privacy accounting: GDP (own), RDP and PLD (dp-accounting), a ledger, calibration,
+under the add-remove or replace-one neighbouring relation.
 
 This package depends on numpy, scipy and dp-accounting only; it never imports torch, so
 ``drencoder privacy`` starts fast and the accounting can be audited on its own.
@@ -8,6 +9,7 @@ from drencoder.accounting.accountants import (
     ALL_ACCOUNTANTS,
     Accountant,
     AccountingError,
+    UnsupportedRelation,
     delta_at,
     epsilon,
     epsilons,
@@ -30,16 +32,29 @@ from drencoder.accounting.gdp import (
     mu_poisson,
 )
 from drencoder.accounting.ledger import Entry, PrivacyLedger
+from drencoder.accounting.relation import (
+    RELATION_CHOICES,
+    Relation,
+    charged_to,
+    parse_relation,
+    relation_warning,
+    resolve_relation,
+    round_event,
+)
 
 __all__ = [
     "ALL_ACCOUNTANTS",
+    "RELATION_CHOICES",
     "Accountant",
     "AccountingError",
     "Entry",
     "GdpApproximationWarning",
     "PrivacyLedger",
+    "Relation",
+    "UnsupportedRelation",
     "calibrate",
     "calibrate_noise_multiplier",
+    "charged_to",
     "delta_at",
     "delta_from_mu",
     "epsilon",
@@ -52,6 +67,10 @@ __all__ = [
     "mu_full_participation",
     "mu_poisson",
     "parse_accountant",
+    "parse_relation",
+    "relation_warning",
     "repeated",
+    "resolve_relation",
+    "round_event",
     "rounds_event",
 ]

@@ -16,6 +16,7 @@ import dp_accounting
 from dp_accounting import dp_event
 
 from drencoder.accounting import gdp
+from drencoder.accounting.relation import Relation, parse_relation
 from drencoder.errors import ConfigError
 
 # Event classes the JSON form may name. Anything else is refused on load.
@@ -94,15 +95,23 @@ def event_from_json(data: dict[str, Any]) -> dp_event.DpEvent:
     return cls(**kwargs)
 
 
-def gdp_mu(event: dp_event.DpEvent) -> tuple[float, bool]:
+def gdp_mu(
+    event: dp_event.DpEvent, *, relation: str | Relation = Relation.ADD_REMOVE
+) -> tuple[float, bool]:
     """μ of an event tree under GDP, and whether the CLT approximation was used.
 
     Gaussian(σ) contributes 1/σ² to μ² exactly; Poisson(q < 1) ∘ Gaussian(σ) contributes
     q²(e^{1/σ²} − 1) (CLT); compositions add; NonPrivate gives μ = ∞. Other events have no
     GDP form here and raise ``ConfigError``.
+
+    Under replace-one μ doubles: a replaced client's clipped vector moves by up to 2C, so
+    every Gaussian(σ) is a Gaussian of shift 2/σ, exactly. For the CLT value of Poisson
+    rounds the doubling is the group-privacy bound (replace = remove, then add) applied to
+    an approximation, so it stays an approximation.
     """
+    factor = 2.0 if parse_relation(relation) is Relation.REPLACE_ONE else 1.0
     mu_sq, approx = _mu_squared(event)
-    return math.sqrt(mu_sq), approx
+    return factor * math.sqrt(mu_sq), approx
 
 
 def _mu_squared(event: dp_event.DpEvent) -> tuple[float, bool]:

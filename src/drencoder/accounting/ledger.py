@@ -9,6 +9,12 @@ amplified event applies to all) or to the listed clients only (``local`` noise: 
 knows who took part, so each participant is charged an un-amplified Gaussian round and
 non-participants nothing; DESIGN §3). ε of the run is the worst client's ε.
 
+Every ε of a ledger is stated under one neighbouring relation (``relation``, see
+:mod:`drencoder.accounting.relation`): the events are what the mechanisms did, the relation
+is what they are compared against, so it belongs to the ledger rather than to an entry. It
+is saved with the entries, and a ledger written before the relation was recorded loads as
+add-remove, the relation it was accounted under then.
+
 The ledger saves to JSON; events are stored in dp-accounting's vocabulary.
 """
 
@@ -26,7 +32,9 @@ from dp_accounting import dp_event
 
 from drencoder.accounting import accountants as acc
 from drencoder.accounting import events as ev
+from drencoder.accounting.calibration import CLT_UNDERSTATES
 from drencoder.accounting.gdp import GdpApproximationWarning, warn_clt
+from drencoder.accounting.relation import Relation, parse_relation
 from drencoder.errors import CheckpointError, ConfigError
 
 LEDGER_FORMAT = 1
@@ -70,12 +78,24 @@ def _key(event: dp_event.DpEvent) -> str:
 class PrivacyLedger:
     """Append-only record of privacy events; answers ε under gdp, rdp and pld."""
 
-    def __init__(self, *, delta: float, entries: Iterable[Entry] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        delta: float,
+        relation: str | Relation = Relation.ADD_REMOVE,
+        entries: Iterable[Entry] = (),
+    ) -> None:
         if not (0 < delta < 1):
             raise ConfigError(f"delta must be in (0, 1), got delta={delta!r}")
         self.delta = float(delta)
+        self._relation = parse_relation(relation)
         self._entries: list[Entry] = list(entries)
         self._cache: dict[tuple[str, str], float] = {}
+
+    @property
+    def relation(self) -> Relation:
+        """The neighbouring relation every ε of this ledger is stated under (fixed)."""
+        return self._relation
 
     @property
     def entries(self) -> tuple[Entry, ...]:
@@ -145,20 +165,36 @@ class PrivacyLedger:
             key = (json.dumps(sorted(group.items())), accountant.value)
             if key not in self._cache:
                 self._cache[key] = acc.epsilon(
-                    self._compose(group), delta=self.delta, accountant=accountant
+                    self._compose(group),
+                    delta=self.delta,
+                    accountant=accountant,
+                    relation=self._relation,
                 )
             worst = max(worst, self._cache[key])
         return worst
 
     def epsilon(self, accountant: str | acc.Accountant = acc.Accountant.PLD) -> float:
-        """The worst client's ε at the ledger's δ under one accountant."""
+        """The worst client's ε at the ledger's δ and relation under one accountant.
+
+        Raises :class:`~drencoder.accounting.accountants.UnsupportedRelation` where the
+        accountant has no analysis under the ledger's relation.
+        """
         return self._epsilon_of(self._entries, acc.parse_accountant(accountant))
 
-    def epsilons(self, accountants=acc.ALL_ACCOUNTANTS) -> dict[str, float]:
-        """``{"gdp": ε, "rdp": ε, "pld": ε}`` (worst client each); one CLT warning at most."""
+    def epsilons(self, accountants=acc.ALL_ACCOUNTANTS) -> dict[str, float | None]:
+        """``{"gdp": ε, "rdp": ε, "pld": ε}`` (worst client each); one CLT warning at most.
+
+        ``None`` for an accountant with no analysis under the ledger's relation (rdp with
+        Poisson subsampling under replace-one), as in ``accounting.epsilons``.
+        """
+        out: dict[str, float | None] = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GdpApproximationWarning)
-            out = {acc.parse_accountant(a).value: self.epsilon(a) for a in accountants}
+            for a in accountants:
+                try:
+                    out[acc.parse_accountant(a).value] = self.epsilon(a)
+                except acc.UnsupportedRelation:
+                    out[acc.parse_accountant(a).value] = None
         if acc.Accountant.GDP.value in out and self.uses_clt():
             warn_clt(stacklevel=2)
         return out
@@ -176,11 +212,20 @@ class PrivacyLedger:
         clients: Sequence[int] | None = None,
         count: int = 1,
     ) -> bool:
-        """Whether charging ``event`` (``count`` times) would take ε past ``target_epsilon``."""
+        """Whether charging ``event`` (``count`` times) would take ε past ``target_epsilon``.
+
+        A budget stop is a decision, and approximations never decide a budget: gdp raises
+        ``ConfigError`` when the ledger or the probe needs the central-limit approximation.
+        """
+        accountant = acc.parse_accountant(accountant)
         extra = [Entry(kind="probe", label="probe", event=event, clients=clients)] * count
+        if accountant is acc.Accountant.GDP and (
+            self.uses_clt() or any(ev.gdp_mu(e.event)[1] for e in extra)
+        ):
+            raise ConfigError(f"{CLT_UNDERSTATES}; decide the budget with accountant pld or rdp")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GdpApproximationWarning)
-            eps = self._epsilon_of(self._entries + extra, acc.parse_accountant(accountant))
+            eps = self._epsilon_of(self._entries + extra, accountant)
         return eps > target_epsilon
 
     def charges(self) -> dict[str, int]:
@@ -200,6 +245,7 @@ class PrivacyLedger:
         return {
             "format": LEDGER_FORMAT,
             "delta": self.delta,
+            "relation": self._relation.value,
             "entries": [e.to_json() for e in self._entries],
         }
 
@@ -211,9 +257,16 @@ class PrivacyLedger:
                 f"got format={data.get('format') if isinstance(data, dict) else None!r}"
             )
         try:
-            return cls(delta=data["delta"], entries=[Entry.from_json(e) for e in data["entries"]])
+            return cls(
+                delta=data["delta"],
+                # Ledgers written before the relation was recorded were add-remove.
+                relation=data.get("relation", Relation.ADD_REMOVE.value),
+                entries=[Entry.from_json(e) for e in data["entries"]],
+            )
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"malformed privacy ledger: missing {exc}") from exc
+        except ConfigError as exc:
+            raise CheckpointError(f"malformed privacy ledger: {exc}") from exc
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -234,4 +287,7 @@ class PrivacyLedger:
         return isinstance(other, PrivacyLedger) and self.to_json() == other.to_json()
 
     def __repr__(self) -> str:
-        return f"PrivacyLedger(delta={self.delta}, entries={len(self)}, charges={self.charges()})"
+        return (
+            f"PrivacyLedger(delta={self.delta}, relation={self._relation.value}, "
+            f"entries={len(self)}, charges={self.charges()})"
+        )

@@ -10,10 +10,16 @@ used on both sides of the wire, and it *describes* itself with a ``dp_accounting
   clipped messages for ``central`` placement, and passes the aggregate through unchanged
   for ``local`` placement (the clients already noised it), so server code need not branch.
 
-Sensitivity. Neighbouring datasets add or remove one client's whole data (DESIGN.md §3),
-and a client that is absent contributes the zero message, so the L2 sensitivity of one
-client's clipped message, and of the sum, is C; with noise σC every participation is a
-Gaussian mechanism with noise multiplier σ (μ = 1/σ in GDP).
+Sensitivity. The unit is a client and every message is clipped to norm C. Which shift the
+noise must hide depends on the neighbouring relation (``drencoder.accounting.relation``):
+under add/remove (an absent client sends the zero message) one client moves the sum by at
+most C; under replace-one (a participant's data swapped for any other) its clipped vector
+moves by up to 2C. Add/remove holds only for ``central`` noise with Poisson sampling, where
+the aggregator hides who took part; with ``local`` noise, or a fixed-size cohort, the
+aggregating party sees participation and replace-one is the relation that protects a
+client. The event below is the same in both cases, ``GaussianDpEvent(σ)`` with σ the noise
+std over C; the accountant applies the relation (a shift of 2 instead of 1 under
+replace-one), so this class never needs to know it.
 
 σ = 0 means "no DP" (the ``fedavg-lora`` baseline). Its event is
 ``dp_accounting.NonPrivateDpEvent`` (ε = ∞), not ``NoOpDpEvent``: a NoOp event says
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 import dp_accounting
 import torch
 
+from drencoder.accounting.relation import round_event
 from drencoder.errors import ConfigError
 from drencoder.mechanisms.clipping import check_clip_norm, clip_l2
 from drencoder.mechanisms.noise import gaussian_noise
@@ -115,36 +122,20 @@ class GaussianMechanism:
     ) -> dp_accounting.DpEvent:
         """The event one round of this mechanism performs, for the accountant to compose.
 
-        - σ = 0: ``NonPrivateDpEvent`` (see the module docstring).
-        - ``central`` + ``poisson`` with ``sample_rate`` q < 1:
-          ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))``, amplification by sampling.
-        - every other case: ``GaussianDpEvent(σ)``, no amplification claimed. For ``local``
-          placement the server knows who took part, so the event is charged per
-          participation and the ledger charges each client only for its rounds
-          (DESIGN.md §3). For ``fixed`` sampling no amplification is claimed either: the
-          sensitivity C relies on an absent client sending the zero message; under the strict
-          add/remove relation a new client could displace another from a fixed-size cohort
-          (sensitivity 2C), which the accounting layer must decide how to treat.
-        - ``sample_rate`` is accepted for every placement so that callers need not branch;
-          ``None`` (unknown) claims no amplification, which is conservative.
+        The rule lives in ``drencoder.accounting.round_event`` (one place for it):
+        ``NonPrivateDpEvent`` for σ = 0 (see the module docstring);
+        ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))`` for ``central`` + ``poisson`` at
+        q < 1; ``GaussianDpEvent(σ)`` otherwise, no amplification claimed. For ``local``
+        placement the server knows who took part, so the event is charged per participation
+        (DESIGN.md §3). ``sample_rate`` is accepted for every placement so that callers need
+        not branch; ``None`` (unknown) claims no amplification, which is conservative.
         """
-        sampling = Sampling(sampling)
-        if sample_rate is not None:
-            q = float(sample_rate)
-            if not (0.0 < q <= 1.0):
-                raise ConfigError(f"sample_rate must be in (0, 1], got sample_rate={sample_rate!r}")
-        if not self.is_private:
-            return dp_accounting.NonPrivateDpEvent()
-        event = dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        amplified = (
-            self.placement is NoisePlacement.CENTRAL
-            and sampling is Sampling.POISSON
-            and sample_rate is not None
-            and float(sample_rate) < 1.0
+        return round_event(
+            noise_multiplier=self.noise_multiplier,
+            placement=self.placement,
+            sampling=Sampling(sampling),
+            sample_rate=1.0 if sample_rate is None else sample_rate,
         )
-        if amplified:
-            return dp_accounting.PoissonSampledDpEvent(float(sample_rate), event)
-        return event
 
     def to_dict(self) -> dict:
         return {
