@@ -321,7 +321,7 @@ def test_epsilon_composes_what_was_charged(tmp_path):
 
 def test_cap_refuses_the_task_that_would_exceed_and_charges_nothing(tmp_path):
     path = tmp_path / "ledger.json"
-    event = round_event(ROUND)  # Gaussian(1): ε ≈ 4.4 at δ = 1e-5 once, ≈ 6.9 twice
+    event = round_event(ROUND)  # Gaussian(1): ε ≈ 4.4 at δ = 1e-5 once, ≈ 6.6 twice (PLD)
     one = epsilon(event, delta=1e-5, accountant="pld")
     two = epsilon(dp_accounting.SelfComposedDpEvent(event, 2), delta=1e-5, accountant="pld")
     cap = (one + two) / 2
