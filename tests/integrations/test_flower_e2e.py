@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+import dp_accounting
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -30,6 +31,7 @@ pytest.importorskip("flwr")
 
 import contextlib
 
+from drencoder.accounting import PrivacyLedger
 from drencoder.config import load_config
 from drencoder.federated.simulator import Simulator
 
@@ -159,6 +161,9 @@ def test_two_rounds_on_a_superlink_and_two_supernodes(federation, tmp_path):
         f"--port={link}",
         "--disable-runtime-dependency-installation",
     )
+    ledgers = [tmp_path / f"node-ledger-{pid}.json" for pid in range(2)]
+    # Node 0 also sets a policy the run meets, to exercise the node-config parsing.
+    policies = ['require-placement="local" max-epsilon=1000 min-noise-multiplier=0', ""]
     for pid in range(2):
         federation.start(
             f"supernode-{pid}",
@@ -167,7 +172,8 @@ def test_two_rounds_on_a_superlink_and_two_supernodes(federation, tmp_path):
             f"--superlink=127.0.0.1:{link}",
             "--host=127.0.0.1",
             f"--port={free_port()}",
-            f"--node-config=partition-id={pid} num-partitions=2 noise-seed={pid + 1}",
+            f"--node-config=partition-id={pid} num-partitions=2 noise-seed={pid + 1} "
+            f'ledger-path="{ledgers[pid]}" {policies[pid]}',
         )
     home = Path(federation.env["FLWR_HOME"])
     home.mkdir(exist_ok=True)
@@ -209,11 +215,26 @@ def test_two_rounds_on_a_superlink_and_two_supernodes(federation, tmp_path):
     assert summary["communication"]["bytes_per_upload"] == latent_bytes
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in rows if r["kind"] == "round"]
+    # The server takes a reply only if it holds the latent and the fingerprint and nothing
+    # else (a loss or any metric makes it malformed): every reply of both rounds did.
     assert [r["participants"] for r in rounds] == [[0, 1], [0, 1]]
+    assert all(not r["failed"] for r in rounds)
     for r in rounds:  # measured on the latents that arrived
         assert r["bytes_up"] == len(r["participants"]) * latent_bytes
         assert "not_covered_by_epsilon" not in r and "loss" not in r  # never uploaded
     stage1 = next(r for r in rows if r["kind"] == "stage1")
     assert stage1["clients"] == 2 and "not_covered_by_epsilon" not in stage1
+
+    # Each node's own ledger: the stage-1 release and both rounds, replace-one (σ/2).
+    sigma, sigma_s = summary["privacy"]["noise_multiplier"], sim.release.noise_multiplier
+    for path in ledgers:
+        assert path.exists(), federation.logs()
+        node = PrivacyLedger.load(path)
+        assert node.charges() == {"statistics": 1, "round": 2}
+        assert [(e.kind, e.round, e.event) for e in node.entries] == [
+            ("statistics", None, dp_accounting.GaussianDpEvent(sigma_s / 2)),
+            ("round", 1, dp_accounting.GaussianDpEvent(sigma / 2)),
+            ("round", 2, dp_accounting.GaussianDpEvent(sigma / 2)),
+        ]
     assert elapsed < 240
     print(f"flower e2e: {elapsed:.0f} s")

@@ -17,9 +17,14 @@ from flwr.app import ConfigRecord, RecordDict
 from drencoder.config import load_config
 from drencoder.errors import ClientDropoutWarning, ConfigError
 from drencoder.federated.orchestration import FederatedServer
+from drencoder.federated.policy import RoundMechanism
 from drencoder.integrations.flower import (
+    CLIENT_ERROR_CODE,
+    REFUSED_CODE,
     FlowerClients,
     config_from_run_config,
+    mechanism_relation,
+    round_mechanism,
     to_record,
 )
 
@@ -35,12 +40,37 @@ def reply(node, content=None, error=None):
     )
 
 
-class FakeGrid:
-    """Nodes 11, 12, 13 hold partitions 0, 1, 2; in training 12 fails and 13 is silent."""
+def latent_reply(node, latent, fingerprint, **extra):
+    content = RecordDict(
+        {
+            "update": to_record({"latent": latent}),
+            "mechanism": ConfigRecord({"fingerprint": fingerprint}),
+            **extra,
+        }
+    )
+    return reply(node, content)
 
-    def __init__(self, latent_dim, partitions=None):
+
+def sent_fingerprint(message):
+    return RoundMechanism.from_json(
+        message.content.config_records["mechanism"]["description"]
+    ).fingerprint()
+
+
+class FakeGrid:
+    """Nodes 11, 12, 13 hold partitions 0, 1, 2; in training 12 fails and 13 is silent.
+
+    ``answers`` replaces the training behaviour: node -> function(message) -> reply or None.
+    """
+
+    def __init__(self, latent_dim, partitions=None, answers=None):
         self.latent_dim = latent_dim
         self.partitions = partitions or {11: 0, 12: 1, 13: 2}
+        self.answers = answers or {
+            11: lambda m: latent_reply(11, torch.ones(self.latent_dim), sent_fingerprint(m)),
+            12: lambda m: reply(12, error=SimpleNamespace(code=0, reason="out of memory")),
+        }
+        self.sent = []
 
     def get_node_ids(self):
         return list(self.partitions)
@@ -52,11 +82,10 @@ class FakeGrid:
             if kind == "query.hello":
                 hello = ConfigRecord({"partition-id": self.partitions[node], "num-partitions": 3})
                 out.append(reply(node, RecordDict({"hello": hello})))
-            elif node == 11:
-                content = RecordDict({"update": to_record({"latent": torch.ones(self.latent_dim)})})
-                out.append(reply(node, content))
-            elif node == 12:
-                out.append(reply(node, error=SimpleNamespace(code=0, reason="out of memory")))
+                continue
+            self.sent.append(m)
+            if node in self.answers and (r := self.answers[node](m)) is not None:
+                out.append(r)
         return out
 
 
@@ -138,3 +167,99 @@ def test_run_config_maps_onto_dotted_drencoder_keys():
     assert config.sampling.rate == 0.5 and config.clients == 4
     assert config.stage1.release_noise is False
     assert config.local.steps == 1  # from the smoke preset
+
+
+def test_train_sends_the_full_mechanism(server):
+    grid = FakeGrid(server.layout.dim)
+    server.clients = FlowerClients(grid, server, round_timeout=1, connect_timeout=1)
+    server.start()
+    with pytest.warns(ClientDropoutWarning):
+        server.run_round(1)
+    described = {m.content.config_records["mechanism"]["description"] for m in grid.sent}
+    (text,) = described  # one description for the whole round
+    mechanism = RoundMechanism.from_json(text)
+    assert mechanism == round_mechanism(server.config, server.mechanism)
+    assert mechanism.to_json() == {
+        "method": "dp-fedavg-lora",
+        "placement": "local",
+        "clip_point": "latent",
+        "clip_norm": server.config.privacy.clip_norm,
+        "noise_multiplier": 3.0,
+        "relation": "replace-one",
+    }
+    assert all("noise-multiplier" not in m.content.config_records["task"] for m in grid.sent)
+
+
+def test_relation_is_add_remove_only_for_central_poisson():
+    def relation(*overrides):
+        config = load_config(preset="smoke", overrides=["clients=4", *overrides])
+        return mechanism_relation(config)
+
+    assert relation("privacy.placement=local") == "replace-one"
+    assert relation("privacy.placement=central", "sampling.scheme=poisson") == "add-remove"
+    assert relation("privacy.placement=central", "sampling.scheme=fixed") == "replace-one"
+
+
+def test_reply_under_another_mechanism_is_a_mismatch_dropout(server):
+    ones = torch.ones(server.layout.dim)
+    grid = FakeGrid(
+        server.layout.dim,
+        answers={
+            11: lambda m: latent_reply(11, ones, sent_fingerprint(m)),
+            12: lambda m: latent_reply(12, ones, "0123456789abcdef"),
+            13: lambda m: latent_reply(13, ones, sent_fingerprint(m)),
+        },
+    )
+    server.clients = FlowerClients(grid, server, round_timeout=1, connect_timeout=1)
+    server.start()
+    with pytest.warns(ClientDropoutWarning, match="2 of 3"):
+        server.run_round(1)
+    row = server.rows[-1]
+    assert row["failed"] == {"1": "mechanism-mismatch"}
+    assert row["participants"] == [0, 2]  # 1's message stays out of the aggregate
+
+
+def test_reply_carrying_anything_else_is_malformed(server):
+    from flwr.app import MetricRecord
+
+    ones = torch.ones(server.layout.dim)
+    grid = FakeGrid(
+        server.layout.dim,
+        answers={
+            11: lambda m: latent_reply(11, ones, sent_fingerprint(m)),
+            12: lambda m: latent_reply(
+                12, ones, sent_fingerprint(m), metrics=MetricRecord({"loss": 1.25})
+            ),
+            13: lambda m: reply(13, RecordDict({"update": to_record({"latent": ones})})),
+        },
+    )
+    server.clients = FlowerClients(grid, server, round_timeout=1, connect_timeout=1)
+    server.start()
+    with pytest.warns(ClientDropoutWarning):
+        server.run_round(1)
+    row = server.rows[-1]
+    assert row["failed"] == {"1": "malformed-reply", "2": "malformed-reply"}
+    assert "1.25" not in json.dumps(server.rows) and "loss" not in row
+
+
+def test_error_replies_map_to_fixed_codes_and_never_leak_reasons(server, caplog):
+    grid = FakeGrid(
+        server.layout.dim,
+        answers={
+            11: lambda m: reply(11, error=SimpleNamespace(code=REFUSED_CODE, reason="refused")),
+            12: lambda m: reply(
+                12, error=SimpleNamespace(code=CLIENT_ERROR_CODE, reason="client-error")
+            ),
+            13: lambda m: reply(
+                13, error=SimpleNamespace(code=2, reason="<class 'KeyError'>:<'patient 4711'>")
+            ),
+        },
+    )
+    server.clients = FlowerClients(grid, server, round_timeout=1, connect_timeout=1)
+    server.start()
+    with pytest.warns(ClientDropoutWarning, match="0 of 3"):
+        server.run_round(1)
+    row = server.rows[-1]
+    assert row["failed"] == {"0": "refused", "1": "client-error", "2": "client-error"}
+    records = json.dumps(server.rows) + caplog.text
+    assert "4711" not in records and "KeyError" not in records

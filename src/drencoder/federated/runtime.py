@@ -31,8 +31,8 @@ from drencoder.federated.client import local_update, make_message
 from drencoder.federated.stage1 import Stage1Task, release_client_statistics
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
-from drencoder.mechanisms import GaussianMechanism
-from drencoder.prior import ClientStatistics
+from drencoder.mechanisms import ClipPoint, GaussianMechanism
+from drencoder.prior import ClientStatistics, StatisticsRelease
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,16 @@ class ClientRuntime:
         self.progress = progress
 
     def release_statistics(
-        self, task: Stage1Task, *, global_state: dict[str, torch.Tensor]
+        self,
+        task: Stage1Task,
+        *,
+        global_state: dict[str, torch.Tensor],
+        release: StatisticsRelease | None = None,
     ) -> tuple[ClientStatistics, float]:
-        """Stage 1: the released statistics and the (local-only) unreleased norm."""
+        """Stage 1: the released statistics and the (local-only) unreleased norm.
+
+        ``release`` defaults to the one ``config.stage1`` describes.
+        """
         return release_client_statistics(
             self.model,
             global_state,
@@ -95,6 +102,7 @@ class ClientRuntime:
             self.config,
             layout=self.layout,
             noise_generator=self.noise_generator,
+            release=release,
             progress=self.progress,
         )
 
@@ -105,9 +113,14 @@ class ClientRuntime:
         global_state: dict[str, torch.Tensor],
         codec: Codec,
         mechanism: GaussianMechanism | None,
+        clip_point: ClipPoint | str | None = None,
         diagnostics: bool = True,
     ) -> ClientResult:
-        """Stage 2: train from ``global_state``, encode, clip and (locally) noise."""
+        """Stage 2: train from ``global_state``, encode, clip and (locally) noise.
+
+        ``clip_point`` defaults to ``config.privacy.clip_point``; a deployed client passes
+        the one the server described, as it passes the server's ``mechanism``.
+        """
         cfg = self.config
         batches = self.workload.batches(
             task.client,
@@ -136,7 +149,7 @@ class ClientRuntime:
             update,
             codec=codec,
             mechanism=mechanism,
-            clip_point=cfg.privacy.clip_point,
+            clip_point=cfg.privacy.clip_point if clip_point is None else ClipPoint(clip_point),
             generator=self.noise_generator,
         )
         return ClientResult(client=task.client, message=message, diagnostics=measured)

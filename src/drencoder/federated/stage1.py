@@ -247,13 +247,16 @@ def release_client_statistics(
     *,
     layout: Layout,
     noise_generator: torch.Generator,
+    release: StatisticsRelease | None = None,
     progress: bool = False,
 ) -> tuple[ClientStatistics, float]:
     """Client side of stage 1: warm up, keep the statistics, release them.
 
     Returns the *released* statistics (clipped and noised with ``noise_generator`` unless
-    ``stage1.release_noise = false``), the only thing that leaves a client, and the norm of
-    the unreleased statistics vector, a local diagnostic that must not be uploaded.
+    the release is off), the only thing that leaves a client, and the norm of the
+    unreleased statistics vector, a local diagnostic that must not be uploaded.
+    ``release`` defaults to ``config.stage1``'s; a deployed client passes the release the
+    server described, so that what it releases is what the server accounted.
     """
     data = torch.Generator().manual_seed(task.data_seed)
     batches = [
@@ -275,7 +278,8 @@ def release_client_statistics(
         progress=progress,
     )
     norm = float(stats.to_vector().double().norm())
-    return release_for(config).release(stats, generator=noise_generator), norm
+    release = release_for(config) if release is None else release
+    return release.release(stats, generator=noise_generator), norm
 
 
 def train_codec(

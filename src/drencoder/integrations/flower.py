@@ -10,42 +10,57 @@ Messages (``message_type``):
 
 - ``query.hello``: the node answers its ``partition-id`` and ``num-partitions`` (node
   config); the server maps Flower node ids to client indices with it, once per run.
-- ``train.stage1`` (DR-Encoder only): the server sends the global adapter and seeds; the
-  node answers its clipped, noised statistics vector.
-- ``train``: the server sends the global adapter, the codec's encoder (never the decoder),
-  seeds and σ; the node answers its privatised latent and its mean local loss.
+- ``train.stage1`` (DR-Encoder only): the server sends the global adapter, seeds and the
+  statistics release it accounts (``mechanism.description``, a
+  :class:`~drencoder.federated.policy.ReleaseMechanism`); the node answers its clipped,
+  noised statistics vector and the release's fingerprint.
+- ``train``: the server sends the global adapter, the codec's encoder (never the
+  decoder), seeds and the round's mechanism (``mechanism.description``, a
+  :class:`~drencoder.federated.policy.RoundMechanism`: method, placement, clip point,
+  C, σ, relation); the node answers its privatised latent and the mechanism's
+  fingerprint.
+
+A node does not trust the server (:mod:`drencoder.federated.policy`): it checks the
+described mechanism against its own policy (node config), refuses what breaks it,
+charges its own ledger before anything leaves, and privatises with exactly the described
+mechanism, not with its own copy of the run config. A reply whose fingerprint is not the
+one the server sent was made under another mechanism and stays out of the aggregate.
 
 What the server receives is therefore: noised latents (``local`` placement; clipped but
-not noised latents with ``central``), noised stage-1 statistics, each node's partition id,
-the mean local loss per round (a non-private scalar), and who replied. The node draws its
-noise from the operating system's entropy (or from the node config's ``noise-seed``, for
-tests only), never from anything the server sent.
+not noised latents with ``central``), noised stage-1 statistics, fingerprints, each
+node's partition id, and who replied. A node that fails answers an error carrying only a
+fixed code (:data:`REFUSED_CODE` or :data:`CLIENT_ERROR_CODE`) and a fixed reason:
+exception text can depend on the node's data, so it stays in the node's log. The node
+draws its noise from the operating system's entropy (or from the node config's
+``noise-seed``, for tests only), never from anything the server sent.
 
-A node that raises, answers with an error or does not answer within ``round-timeout``
-seconds is a dropout: the round goes on with the others and, with ``local`` noise, the
-ledger charges only the clients whose message arrived.
+A node that answers with an error, with a malformed or mismatched reply, or not within
+``round-timeout`` seconds is a dropout: the round goes on with the others.
 
 Run config (``[tool.flwr.app.config]``): every key is a drencoder config key
 (``method``, ``rounds``, ``privacy.placement``, …; Flower keeps nested TOML tables as
 dotted keys), except ``out`` (server run directory), ``preset``, ``round-timeout`` and
 ``connect-timeout`` (seconds). An empty string leaves a key at drencoder's default.
 Node config: ``partition-id``, ``num-partitions`` (must equal ``clients``), optional
-``model-path`` (this node's copy of the model) and ``noise-seed`` (tests only).
+``model-path`` (this node's copy of the model), ``ledger-path`` (this node's privacy
+ledger), the policy keys of :data:`~drencoder.federated.policy.POLICY_KEYS`, and
+``noise-seed`` (tests only).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -53,15 +68,23 @@ from drencoder.codecs import Codec, rebuild_codec
 from drencoder.config import RunConfig, load_config
 from drencoder.errors import ClientDropoutWarning, ConfigError, DrencoderError
 from drencoder.federated.methods import spec_for
-from drencoder.federated.orchestration import (
-    FederatedServer,
+from drencoder.federated.orchestration import FederatedServer
+from drencoder.federated.policy import (
+    ClientPolicy,
+    NodeLedger,
+    PolicyRefusal,
+    ReleaseMechanism,
+    RoundMechanism,
+    node_ledger_path,
+    release_event,
+    round_event,
 )
 from drencoder.federated.rounds import ClientFailure, RoundPlan, StatisticsReply, derive_seed
 from drencoder.federated.runtime import ClientResult, ClientRuntime, ClientTask
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.federated.workload import build_workload
 from drencoder.lora import adapter_layout, attach_lora, get_adapter_state
-from drencoder.mechanisms import GaussianMechanism
+from drencoder.mechanisms import GaussianMechanism, NoisePlacement, Sampling
 from drencoder.prior import ClientStatistics
 
 log = logging.getLogger(__name__)
@@ -70,6 +93,22 @@ RESERVED = {"out": "", "preset": "default", "round-timeout": 600.0, "connect-tim
 """Run-config keys that are not drencoder config keys, with their defaults."""
 
 HELLO, STAGE1, TRAIN = "query.hello", "train.stage1", "train"
+
+# Record names and keys on the wire besides tensors and seeds.
+MECHANISM = "mechanism"
+"""Config record of a task (key :data:`DESCRIPTION`) and of its reply (key
+:data:`FINGERPRINT`)."""
+DESCRIPTION = "description"
+"""Canonical JSON of the mechanism the server accounts the task under."""
+FINGERPRINT = "fingerprint"
+"""The fingerprint of the description the node made its message under."""
+
+REFUSED_CODE = 1001
+"""Error code of a reply by which a node declines a task under its own policy."""
+CLIENT_ERROR_CODE = 1002
+"""Error code of a reply by which a node reports that its handler failed."""
+REFUSED_REASON, CLIENT_ERROR_REASON = "refused", "client-error"
+"""The only reasons a node's error replies carry (Flower's own codes are 0..8)."""
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -193,46 +232,118 @@ def _global_state(runtime: ClientRuntime, content: RecordDict) -> dict[str, torc
     return {k: v.to(device) for k, v in state.items()}
 
 
+def _guarded(handler: Callable[[Message, Context], Message]):
+    """Any failure of ``handler`` becomes an error reply with a fixed code and reason.
+
+    Flower would otherwise send the exception's text to the server, and that text can
+    depend on this node's data (a value, a path, a token). The text and traceback go to
+    this node's log only.
+    """
+
+    @functools.wraps(handler)
+    def answer(message: Message, context: Context) -> Message:
+        kind = message.metadata.message_type
+        try:
+            return handler(message, context)
+        except PolicyRefusal as exc:
+            log.warning("drencoder: this node refused a %s task: %s", kind, exc)
+            return Message(Error(REFUSED_CODE, REFUSED_REASON), reply_to=message)
+        except Exception:
+            log.exception("drencoder: a %s task failed on this node", kind)
+            return Message(Error(CLIENT_ERROR_CODE, CLIENT_ERROR_REASON), reply_to=message)
+
+    return answer
+
+
+def _description(content: RecordDict) -> str:
+    try:
+        return str(content.config_records[MECHANISM][DESCRIPTION])
+    except KeyError:
+        raise ConfigError(
+            f"the task carries no {MECHANISM}.{DESCRIPTION}: the server runs another "
+            "drencoder version; run the same version on server and nodes"
+        ) from None
+
+
+def _reply(message: Message, records: Mapping[str, ArrayRecord], fingerprint: str) -> Message:
+    """The whole of a reply: the released tensor and the fingerprint it was made under."""
+    content = RecordDict({**records, MECHANISM: ConfigRecord({FINGERPRINT: fingerprint})})
+    return Message(content, reply_to=message)
+
+
+def _check_layout(runtime: ClientRuntime, mechanism: RoundMechanism) -> None:
+    """The described method must send the blocks this node's layout was built for."""
+    sent, mine = spec_for(mechanism.method).sent, spec_for(runtime.config.method).sent
+    if sent != mine:
+        raise PolicyRefusal(
+            "method",
+            f"the task's method {mechanism.method!r} sends {sent.value} blocks, this node's "
+            f"run config ({runtime.config.method.value!r}) {mine.value}: the latent would not "
+            "match the server's codec",
+        )
+
+
 @client_app.query("hello")
+@_guarded
 def hello(message: Message, context: Context) -> Message:
     pid, n = _partition(context.node_config)
+    # A misconfigured policy or ledger fails here, before the run starts, not mid-run.
+    ClientPolicy.from_node_config(context.node_config)
+    node_ledger_path(context.node_config, pid)
     reply = ConfigRecord({"partition-id": pid, "num-partitions": n})
     return Message(RecordDict({"hello": reply}), reply_to=message)
 
 
 @client_app.train("stage1")
+@_guarded
 def stage1(message: Message, context: Context) -> Message:
-    runtime = _runtime(context)
-    task = message.content.config_records["task"]
+    content = message.content
+    release = ReleaseMechanism.from_json(_description(content))
+    policy = ClientPolicy.from_node_config(context.node_config)
+    policy.check_release(release)
     pid, _ = _partition(context.node_config)
+    ledger = NodeLedger(node_ledger_path(context.node_config, pid), delta=policy.delta)
+    event = release_event(release)
+    ledger.check(event, policy.max_epsilon)  # refuse before the warm-up, not after it
+    runtime = _runtime(context)
+    task = content.config_records["task"]
     runtime.noise_generator = _noise_generator(context, "stage1")
     stats, _norm = runtime.release_statistics(  # the norm is unreleased: it stays here
         Stage1Task(
             client=pid, data_seed=int(task["data-seed"]), train_seed=int(task["train-seed"])
         ),
-        global_state=_global_state(runtime, message.content),
+        global_state=_global_state(runtime, content),
+        release=release.to_release(),
     )
-    content = RecordDict({"statistics": to_record({"vector": stats.to_vector()})})
-    return Message(content, reply_to=message)
+    fingerprint = release.fingerprint()
+    ledger.charge(
+        event,
+        kind="statistics",
+        cap=policy.max_epsilon,
+        label=f"run {context.run_id} stage-1 statistics: enabled={release.enabled}, "
+        f"sigma_s={release.noise_multiplier:g}, C_s={release.clip_norm:g} ({fingerprint})",
+    )
+    return _reply(message, {"statistics": to_record({"vector": stats.to_vector()})}, fingerprint)
 
 
 @client_app.train()
+@_guarded
 def train(message: Message, context: Context) -> Message:
-    runtime = _runtime(context)
     content = message.content
-    task = content.config_records["task"]
+    mechanism = RoundMechanism.from_json(_description(content))
+    policy = ClientPolicy.from_node_config(context.node_config)
+    policy.check_round(mechanism)
     pid, _ = _partition(context.node_config)
+    ledger = NodeLedger(node_ledger_path(context.node_config, pid), delta=policy.delta)
+    event = round_event(mechanism)
+    ledger.check(event, policy.max_epsilon)  # refuse before training, not after it
+    runtime = _runtime(context)
+    _check_layout(runtime, mechanism)
+    task = content.config_records["task"]
     t = int(task["round"])
-    config = runtime.config
-    mechanism = None
-    if "noise-multiplier" in task:
-        p = config.privacy
-        mechanism = GaussianMechanism(
-            clip_norm=p.clip_norm,
-            noise_multiplier=float(task["noise-multiplier"]),
-            placement=p.placement,
-        )
     runtime.noise_generator = _noise_generator(context, f"round/{t}")
+    # The described mechanism, never this node's own copy of the run config: the server
+    # accounted the former, and the node's ledger charges it.
     result = runtime.train(
         ClientTask(
             round=t,
@@ -242,15 +353,91 @@ def train(message: Message, context: Context) -> Message:
         ),
         global_state=_global_state(runtime, content),
         codec=codec_from_content(content),
-        mechanism=mechanism,
+        mechanism=mechanism.gaussian,
+        clip_point=mechanism.clip_point,
         diagnostics=False,
     )
+    fingerprint = mechanism.fingerprint()
+    clip = "unclipped" if mechanism.clip_norm is None else f"C={mechanism.clip_norm:g}"
+    ledger.charge(
+        event,
+        kind="round",
+        round=t,
+        cap=policy.max_epsilon,
+        label=f"run {context.run_id} round {t}: {mechanism.method}, sigma="
+        f"{mechanism.noise_multiplier:g}, {clip}, {mechanism.placement} noise, clip "
+        f"{mechanism.clip_point}, server relation {mechanism.relation} ({fingerprint})",
+    )
     # The privatised latent is the only thing computed from this node's data that leaves it.
-    reply = RecordDict({"update": to_record({"latent": result.message})})
-    return Message(reply, reply_to=message)
+    return _reply(message, {"update": to_record({"latent": result.message})}, fingerprint)
 
 
 # -- the ServerApp -----------------------------------------------------------------------
+def mechanism_relation(config: RunConfig) -> str:
+    """The neighbouring relation the server's charge for a round holds under.
+
+    ``add-remove`` where the server claims amplification by Poisson sampling (``central``
+    noise: the party that learns the aggregate does not learn who took part), else
+    ``replace-one`` (whoever receives a client's message knows that it took part). The
+    accounting layer will own this choice; this mirrors it until then.
+    """
+    p, s = config.privacy, config.sampling
+    if p.placement is NoisePlacement.CENTRAL and s.scheme is Sampling.POISSON:
+        return "add-remove"
+    return "replace-one"
+
+
+def round_mechanism(config: RunConfig, mechanism: GaussianMechanism | None) -> RoundMechanism:
+    """The description of a round the server sends: its own config and mechanism."""
+    p = config.privacy
+    return RoundMechanism(
+        method=config.method.value,
+        placement=(mechanism.placement if mechanism is not None else p.placement).value,
+        clip_point=p.clip_point.value,
+        clip_norm=mechanism.clip_norm if mechanism is not None else None,
+        noise_multiplier=mechanism.noise_multiplier if mechanism is not None else 0.0,
+        relation=mechanism_relation(config),
+    )
+
+
+def error_failure(error: Error) -> ClientFailure:
+    """The fixed failure of an error reply; its reason is never read (it may be Flower's
+    text of a node's exception)."""
+    if error.code == REFUSED_CODE:
+        return ClientFailure("refused", f"error code {error.code}")
+    return ClientFailure("client-error", f"error code {error.code}")
+
+
+def reply_tensor(
+    reply: Message, *, record: str, key: str, fingerprint: str
+) -> torch.Tensor | ClientFailure:
+    """The one tensor a reply may carry, or why the reply is unusable.
+
+    A reply holds exactly ``{record: {key: tensor}}`` and ``{mechanism: {fingerprint}}``:
+    anything else (a metric, a loss, a second tensor) is ``malformed-reply``, so nothing
+    beyond the privatised message can reach the server's records unnoticed. A fingerprint
+    other than ``fingerprint`` is ``mechanism-mismatch``: the message was made under
+    another mechanism than the one charged.
+    """
+    try:
+        content = reply.content
+        echoed = content.config_records[MECHANISM]
+        if set(echoed) != {FINGERPRINT}:
+            return ClientFailure("malformed-reply")
+        if echoed[FINGERPRINT] != fingerprint:
+            return ClientFailure("mechanism-mismatch")
+        if (
+            set(content.array_records) != {record}
+            or set(content.config_records) != {MECHANISM}
+            or len(content.metric_records) != 0
+            or set(content.array_records[record]) != {key}
+        ):
+            return ClientFailure("malformed-reply")
+        return from_record(content.array_records[record])[key]
+    except (KeyError, TypeError, ValueError):
+        return ClientFailure("malformed-reply")
+
+
 class FlowerClients:
     """A :class:`~drencoder.federated.orchestration.ClientPool` of Flower SuperNodes."""
 
@@ -277,11 +464,11 @@ class FlowerClients:
         messages = [Message(RecordDict(), dst_node_id=n, message_type=HELLO) for n in ids]
         nodes: dict[int, int] = {}
         for reply in self.grid.send_and_receive(messages, timeout=timeout):
-            if reply.has_error():
+            if reply.has_error():  # the code only: a reason can carry a node's exception
                 log.warning(
-                    "node %s answered hello with an error: %s",
+                    "node %s answered hello with error code %s",
                     reply.metadata.src_node_id,
-                    reply.error.reason,
+                    reply.error.code,
                 )
                 continue
             hello = reply.content.config_records["hello"]
@@ -331,8 +518,7 @@ class FlowerClients:
             if client is None:
                 continue
             if reply.has_error():
-                # The reason text can carry a client's exception message: keep the code only.
-                out[client] = ClientFailure("client-error", f"flower error code {reply.error.code}")
+                out[client] = error_failure(reply.error)
             else:
                 out[client] = reply
         return out
@@ -340,24 +526,31 @@ class FlowerClients:
     def release_statistics(
         self, tasks: Sequence[Stage1Task], *, global_state: dict[str, torch.Tensor]
     ) -> dict[int, StatisticsReply | BaseException]:
+        server, epochs = self.server, self.server.config.stage1.epochs
+        release = ReleaseMechanism.from_release(server.release)
         adapter = to_record(global_state)
+        described = ConfigRecord({DESCRIPTION: release.canonical()})
         contents = {
             t.client: RecordDict(
                 {
                     "adapter": adapter,
                     "task": ConfigRecord({"data-seed": t.data_seed, "train-seed": t.train_seed}),
+                    MECHANISM: described,
                 }
             )
             for t in tasks
         }
         out: dict[int, StatisticsReply | BaseException] = {}
-        server, epochs = self.server, self.server.config.stage1.epochs
+        fingerprint = release.fingerprint()
         for client, reply in self._exchange(contents, STAGE1, "stage1").items():
             if isinstance(reply, BaseException):
                 out[client] = reply
                 continue
+            vector = reply_tensor(reply, record="statistics", key="vector", fingerprint=fingerprint)
+            if isinstance(vector, ClientFailure):
+                out[client] = vector
+                continue
             try:
-                vector = from_record(reply.content.array_records["statistics"])["vector"]
                 stats = ClientStatistics.from_vector(
                     vector,
                     layout=server.layout,
@@ -365,7 +558,7 @@ class FlowerClients:
                     std_floor=server.release.std_floor,
                 )
                 out[client] = (stats, None)
-            except (KeyError, DrencoderError):
+            except DrencoderError:
                 out[client] = ClientFailure("malformed-reply")
         return out
 
@@ -377,25 +570,26 @@ class FlowerClients:
         codec: Codec,
         mechanism: GaussianMechanism | None,
     ) -> dict[int, ClientResult | BaseException]:
+        described = round_mechanism(self.server.config, mechanism)
         adapter, encoder = to_record(global_state), codec_content(codec)
+        record = ConfigRecord({DESCRIPTION: described.canonical()})
         contents = {}
         for t in plan.tasks:
             task = {"round": t.round, "data-seed": t.data_seed, "train-seed": t.train_seed}
-            if mechanism is not None:
-                task["noise-multiplier"] = mechanism.noise_multiplier
             contents[t.client] = RecordDict(
-                {"adapter": adapter, "task": ConfigRecord(task), **encoder}
+                {"adapter": adapter, "task": ConfigRecord(task), MECHANISM: record, **encoder}
             )
         out: dict[int, ClientResult | BaseException] = {}
+        fingerprint = described.fingerprint()
         for client, reply in self._exchange(contents, TRAIN, f"round-{plan.round}").items():
             if isinstance(reply, BaseException):
                 out[client] = reply
                 continue
-            try:
-                latent = from_record(reply.content.array_records["update"])["latent"]
+            latent = reply_tensor(reply, record="update", key="latent", fingerprint=fingerprint)
+            if isinstance(latent, ClientFailure):
+                out[client] = latent
+            else:
                 out[client] = ClientResult(client=client, message=latent)
-            except KeyError:
-                out[client] = ClientFailure("malformed-reply")
         return out
 
 
