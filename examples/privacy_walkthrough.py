@@ -64,8 +64,8 @@ def main() -> None:
             A.gaussian_round(noise_multiplier=1.0), kind="round", round=t, clients=participants
         )
     print(header)
-    print(row("central noise (trusted aggregator), add-remove", central.epsilons()))
-    print(row("local noise (worst client, 5 rounds), replace-one", local.epsilons()))
+    print(row("central (trusted aggregator), add-remove", central.epsilons()))
+    print(row("local (worst client, 5 rounds), replace-one", local.epsilons()))
     print(
         f"  charges: {local.charges()}; rounds per client: max "
         f"{max(local.participation().values())}"

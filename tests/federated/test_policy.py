@@ -9,18 +9,20 @@ import math
 import dp_accounting
 import pytest
 
-from drencoder.accounting import PrivacyLedger, epsilon
+from drencoder.accounting import PrivacyLedger, Relation, epsilon
 from drencoder.errors import CheckpointError, ConfigError, DrencoderError
+from drencoder.federated.descriptions import (
+    ReleaseMechanism,
+    RoundMechanism,
+    release_event,
+    round_event,
+)
 from drencoder.federated.policy import (
     POLICY_KEYS,
     ClientPolicy,
     NodeLedger,
     PolicyRefusal,
-    ReleaseMechanism,
-    RoundMechanism,
     node_ledger_path,
-    release_event,
-    round_event,
 )
 from drencoder.prior import StatisticsRelease
 
@@ -131,13 +133,13 @@ def test_unclipped_description_has_no_mechanism():
 
 # -- events ---------------------------------------------------------------------------------
 def test_events_are_replace_one_gaussians():
-    assert round_event(ROUND) == dp_accounting.GaussianDpEvent(1.0)  # σ/2
+    assert round_event(ROUND) == dp_accounting.GaussianDpEvent(2.0)  # under replace-one
     central = dataclasses.replace(ROUND, placement="central", relation="add-remove")
-    assert round_event(central) == dp_accounting.GaussianDpEvent(1.0)  # declared σ, all the same
+    assert round_event(central) == dp_accounting.GaussianDpEvent(2.0)  # declared σ, all the same
     assert round_event(dataclasses.replace(ROUND, noise_multiplier=0)) == (
         dp_accounting.NonPrivateDpEvent()
     )
-    assert release_event(RELEASE) == dp_accounting.GaussianDpEvent(2.5)
+    assert release_event(RELEASE) == dp_accounting.GaussianDpEvent(5.0)
     for off in (
         dataclasses.replace(RELEASE, enabled=False),
         dataclasses.replace(RELEASE, noise_multiplier=0),
@@ -293,8 +295,9 @@ def test_charge_is_on_disk_before_it_returns(tmp_path):
     # A fresh reader, as a crash and restart would see it.
     on_disk = PrivacyLedger.load(path)
     assert [(e.kind, e.round, e.event) for e in on_disk.entries] == [
-        ("round", 1, dp_accounting.GaussianDpEvent(1.0))
+        ("round", 1, dp_accounting.GaussianDpEvent(2.0))
     ]
+    assert on_disk.relation == Relation.REPLACE_ONE
     assert not list(path.parent.glob(".ledger.json.*"))  # no temporary file left behind
 
 
@@ -315,15 +318,24 @@ def test_epsilon_composes_what_was_charged(tmp_path):
     ledger = NodeLedger(tmp_path / "ledger.json", delta=1e-6)
     for t in (1, 2):
         ledger.charge(round_event(ROUND), kind="round", round=t, label=f"round {t}")
+    # Replace-one: two Gaussian(2) rounds cost what two Gaussian(1) rounds cost under
+    # add/remove (sensitivity 2C).
     composed = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(1.0), 2)
-    assert ledger.epsilon() == pytest.approx(epsilon(composed, delta=1e-6, accountant="pld"))
+    assert ledger.epsilon() == pytest.approx(
+        epsilon(composed, delta=1e-6, accountant="pld"), rel=1e-6
+    )
 
 
 def test_cap_refuses_the_task_that_would_exceed_and_charges_nothing(tmp_path):
     path = tmp_path / "ledger.json"
-    event = round_event(ROUND)  # Gaussian(1): ε ≈ 4.4 at δ = 1e-5 once, ≈ 6.6 twice (PLD)
-    one = epsilon(event, delta=1e-5, accountant="pld")
-    two = epsilon(dp_accounting.SelfComposedDpEvent(event, 2), delta=1e-5, accountant="pld")
+    event = round_event(ROUND)  # Gaussian(2) under replace-one: ε ≈ 4.4 once, ≈ 6.6 twice
+    one = epsilon(event, delta=1e-5, accountant="pld", relation="replace-one")
+    two = epsilon(
+        dp_accounting.SelfComposedDpEvent(event, 2),
+        delta=1e-5,
+        accountant="pld",
+        relation="replace-one",
+    )
     cap = (one + two) / 2
     ledger = NodeLedger(path)
     assert not ledger.would_exceed(event, cap) and not ledger.would_exceed(event, None)

@@ -24,9 +24,9 @@ from drencoder.accounting import PrivacyLedger
 from drencoder.codecs import IdentityCodec
 from drencoder.config import load_config
 from drencoder.errors import ClientDropoutWarning
+from drencoder.federated.descriptions import ReleaseMechanism, RoundMechanism
 from drencoder.federated.methods import spec_for
 from drencoder.federated.orchestration import FederatedServer
-from drencoder.federated.policy import ReleaseMechanism, RoundMechanism
 from drencoder.federated.rounds import derive_seed
 from drencoder.federated.runtime import ClientRuntime
 from drencoder.federated.workload import build_workload
@@ -176,7 +176,7 @@ def test_node_privatises_with_the_sent_mechanism_and_charges_first(node, monkeyp
     assert 0.99e-4 <= float(latent.double().norm()) <= 1e-4 * (1 + 1e-6)
     (entry,) = seen["ledger_when_replying"].entries
     assert entry.kind == "round" and entry.round == 1
-    assert entry.event == dp_accounting.GaussianDpEvent(0.5)  # replace-one: σ/2
+    assert entry.event == dp_accounting.GaussianDpEvent(1.0)  # under replace-one
     assert SENT.fingerprint() in entry.label and f"run {RUN_ID}" in entry.label
 
 
@@ -226,7 +226,7 @@ def test_method_with_another_layout_is_refused(node):
 
 
 def test_epsilon_cap_refuses_before_training_and_charges_nothing(node, monkeypatch):
-    n = node(**{"max-epsilon": 1.0})  # Gaussian(σ/2 = 0.5) alone is far past ε = 1
+    n = node(**{"max-epsilon": 1.0})  # Gaussian(1) under replace-one alone is far past ε = 1
 
     def never(*args, **kwargs):
         raise AssertionError("a refused task must not train")
@@ -247,7 +247,7 @@ def test_stage1_refuses_unnoised_statistics_and_charges_a_noised_release(node):
     assert reply.content.config_records["mechanism"]["fingerprint"] == on.fingerprint()
     assert set(reply.content.array_records) == {"statistics"}
     (entry,) = n.ledger().entries
-    assert entry.kind == "statistics" and entry.event == dp_accounting.GaussianDpEvent(2.5)
+    assert entry.kind == "statistics" and entry.event == dp_accounting.GaussianDpEvent(5.0)
 
 
 def test_hello_checks_the_policy_before_the_run(node):

@@ -225,16 +225,16 @@ def test_two_rounds_on_a_superlink_and_two_supernodes(federation, tmp_path):
     stage1 = next(r for r in rows if r["kind"] == "stage1")
     assert stage1["clients"] == 2 and "not_covered_by_epsilon" not in stage1
 
-    # Each node's own ledger: the stage-1 release and both rounds, replace-one (σ/2).
+    # Each node's own ledger: the stage-1 release and both rounds, under replace-one.
     sigma, sigma_s = summary["privacy"]["noise_multiplier"], sim.release.noise_multiplier
     for path in ledgers:
         assert path.exists(), federation.logs()
         node = PrivacyLedger.load(path)
         assert node.charges() == {"statistics": 1, "round": 2}
         assert [(e.kind, e.round, e.event) for e in node.entries] == [
-            ("statistics", None, dp_accounting.GaussianDpEvent(sigma_s / 2)),
-            ("round", 1, dp_accounting.GaussianDpEvent(sigma / 2)),
-            ("round", 2, dp_accounting.GaussianDpEvent(sigma / 2)),
+            ("statistics", None, dp_accounting.GaussianDpEvent(sigma_s)),
+            ("round", 1, dp_accounting.GaussianDpEvent(sigma)),
+            ("round", 2, dp_accounting.GaussianDpEvent(sigma)),
         ]
     assert elapsed < 240
     print(f"flower e2e: {elapsed:.0f} s")

@@ -16,14 +16,13 @@ from flwr.app import ConfigRecord, RecordDict
 
 from drencoder.config import load_config
 from drencoder.errors import ClientDropoutWarning, ConfigError
+from drencoder.federated.descriptions import RoundMechanism
 from drencoder.federated.orchestration import FederatedServer
-from drencoder.federated.policy import RoundMechanism
 from drencoder.integrations.flower import (
     CLIENT_ERROR_CODE,
     REFUSED_CODE,
     FlowerClients,
     config_from_run_config,
-    mechanism_relation,
     round_mechanism,
     to_record,
 )
@@ -135,7 +134,7 @@ def test_error_replies_and_silent_nodes_are_dropouts(server):
     assert "out of memory" not in json.dumps(server.rows)
     assert "loss" not in row and row["bytes_up"] == server.layout.dim * 4
     (entry,) = [e for e in server.ledger.entries if e.kind == "round"]
-    assert entry.clients == (0,)  # local noise: only the client whose latent arrived
+    assert entry.clients == (0, 1, 2)  # local noise: every sampled client, charged when sent
     assert any(not torch.equal(before[k], server.global_state[k]) for k in before)
 
 
@@ -188,16 +187,6 @@ def test_train_sends_the_full_mechanism(server):
         "relation": "replace-one",
     }
     assert all("noise-multiplier" not in m.content.config_records["task"] for m in grid.sent)
-
-
-def test_relation_is_add_remove_only_for_central_poisson():
-    def relation(*overrides):
-        config = load_config(preset="smoke", overrides=["clients=4", *overrides])
-        return mechanism_relation(config)
-
-    assert relation("privacy.placement=local") == "replace-one"
-    assert relation("privacy.placement=central", "sampling.scheme=poisson") == "add-remove"
-    assert relation("privacy.placement=central", "sampling.scheme=fixed") == "replace-one"
 
 
 def test_reply_under_another_mechanism_is_a_mismatch_dropout(server):

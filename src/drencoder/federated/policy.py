@@ -3,67 +3,43 @@
 Why a client needs this: the server's ledger is the server's word. A curious or
 misconfigured server, or a resumed run whose config changed, could ask a client to clip
 with a larger norm, to noise less, or to leave the noise to the aggregator, and the
-client's own copy of the run config would not notice. So the server describes the whole
-mechanism it wants a message made under (:class:`RoundMechanism` for a round,
-:class:`ReleaseMechanism` for the stage-1 statistics), the client checks that description
-against a floor of its own (:class:`ClientPolicy`), privatises with exactly what was
-described, charges its own ledger (:class:`NodeLedger`) before anything leaves, and echoes
-the description's :meth:`~RoundMechanism.fingerprint` so the server can tell that the
-message was made under the mechanism it accounted.
+client's own copy of the run config would not notice. So the server describes the
+mechanism it wants (:mod:`drencoder.federated.descriptions`), the client checks that
+description against a floor of its own (:class:`ClientPolicy`), privatises with exactly
+what was described, and charges its own ledger (:class:`NodeLedger`, kept under the
+replace-one relation) before anything leaves.
 
-What a client charges. The party that receives a client's message sees that this client
-took part, so no amplification by sampling holds against it, and one client's message
-can be any clipped vector: between two values of this client's data the message moves by
-up to 2C (the *replace-one* relation). A Gaussian mechanism with noise σC at sensitivity
-2C is the Gaussian mechanism of noise multiplier σ/2 at sensitivity C, which is how the
-add/remove ledger of :mod:`drencoder.accounting` can express it (:func:`round_event`,
-:func:`release_event`). A message made without noise is charged as non-private (ε = ∞).
-
-With ``central`` placement the client's message leaves un-noised; the client charges the
-declared σ all the same, which holds only if the aggregator really adds that noise. A
-client that does not trust the aggregator requires ``local`` placement.
+A client that does not trust the aggregator to add central noise requires ``local``
+placement (``require-placement``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import dp_accounting
 from dp_accounting import dp_event
 
-from drencoder.accounting import Accountant, Entry, PrivacyLedger
-from drencoder.config import Method
+from drencoder.accounting import Accountant, Entry, PrivacyLedger, Relation
 from drencoder.errors import ConfigError, DrencoderError
+from drencoder.federated.descriptions import ReleaseMechanism, RoundMechanism
 from drencoder.mechanisms import (
-    ClipPoint,
-    GaussianMechanism,
     NoisePlacement,
     check_clip_norm,
     check_noise_multiplier,
 )
-from drencoder.prior import StatisticsRelease
 
 try:  # serialises charges of concurrent processes of one client; absent on Windows
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
-
-RELATIONS = ("replace-one", "add-remove")
-"""Neighbouring relations a server may declare its accounting under: ``replace-one``
-(one client's data replaced by any other; sensitivity 2C) or ``add-remove`` (one
-client's data added or removed; sensitivity C)."""
-
-REPLACE_ONE_FACTOR = 2.0
-"""Sensitivity of a clipped message under replace-one, in units of the clip norm."""
 
 NODE_ACCOUNTANT = Accountant.PLD
 """The accountant a client's ε cap is judged under: the tightest of the three whose
@@ -71,8 +47,6 @@ answer is a bound (PLD's estimate is pessimistic; GDP with sampling is only a CL
 approximation, and a client's ledger holds no sampled events anyway)."""
 
 DEFAULT_DELTA = 1e-5
-
-FINGERPRINT_CHARS = 16
 
 
 class PolicyRefusal(DrencoderError):
@@ -88,187 +62,6 @@ class PolicyRefusal(DrencoderError):
     def __init__(self, rule: str, reason: str) -> None:
         super().__init__(f"{rule}: {reason}")
         self.rule = rule
-
-
-# -- mechanism descriptions ---------------------------------------------------------------
-def canonical_json(data: Mapping[str, Any]) -> str:
-    """Sorted keys, no whitespace, no NaN: one text per description, so one fingerprint."""
-    return json.dumps(dict(data), sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-class _Description:
-    """Strict JSON form and fingerprint shared by the two mechanism descriptions.
-
-    Strict because a description is a promise about privacy: a key the reader does not
-    know could change what the mechanism means, and a missing one leaves it undefined.
-    """
-
-    _TYPES: ClassVar[dict[str, tuple[type, ...]]]
-    _WHAT: ClassVar[str]
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-
-    @classmethod
-    def from_json(cls, data: str | Mapping[str, Any]):
-        """Parse a description (its JSON text or the decoded object); unknown or missing
-        keys and wrongly typed values raise :class:`ConfigError`."""
-        if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(
-                    f"a {cls._WHAT} description must be a JSON object, got text that does not "
-                    f"parse ({exc.msg} at character {exc.pos}); server and client must run "
-                    "the same drencoder version"
-                ) from None
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"a {cls._WHAT} description must be a JSON object, got {type(data).__name__}"
-            )
-        expected = set(cls._TYPES)
-        unknown, missing = sorted(set(data) - expected), sorted(expected - set(data))
-        if unknown or missing:
-            raise ConfigError(
-                f"{cls._WHAT} description has unknown keys {unknown} and lacks keys "
-                f"{missing}; expected exactly {sorted(expected)}: server and client must run "
-                "the same drencoder version"
-            )
-        for key, types in cls._TYPES.items():
-            value = data[key]
-            # bool is an int subclass: a flag must not pass for a number or vice versa.
-            if not (isinstance(value, types) and isinstance(value, bool) == (bool in types)):
-                names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-                raise ConfigError(
-                    f"{cls._WHAT} description key {key!r} must be {names}, got {value!r}"
-                )
-        return cls(**{k: data[k] for k in cls._TYPES})
-
-    def canonical(self) -> str:
-        """The description as canonical JSON text, as it travels."""
-        return canonical_json(self.to_json())
-
-    def fingerprint(self) -> str:
-        """First 16 hex digits of the SHA-256 of :meth:`canonical`: any change of any
-        field changes it, so a reply echoing it names the mechanism it was made under."""
-        return hashlib.sha256(self.canonical().encode()).hexdigest()[:FINGERPRINT_CHARS]
-
-
-_NUMBER = (int, float)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RoundMechanism(_Description):
-    """How one round's message is to be made: method, clipping, noise and the relation
-    the server accounts it under.
-
-    ``clip_norm=None`` means the update is sent unclipped (``fedavg-lora``); it requires
-    ``noise_multiplier = 0``. ``noise_multiplier = 0`` means no noise at all.
-    """
-
-    method: str
-    placement: str
-    clip_point: str
-    clip_norm: float | None
-    noise_multiplier: float
-    relation: str
-
-    _TYPES: ClassVar = {
-        "method": (str,),
-        "placement": (str,),
-        "clip_point": (str,),
-        "clip_norm": (*_NUMBER, type(None)),
-        "noise_multiplier": _NUMBER,
-        "relation": (str,),
-    }
-    _WHAT: ClassVar = "round mechanism"
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "method", Method(self.method).value)
-        set_(self, "placement", NoisePlacement(self.placement).value)
-        set_(self, "clip_point", ClipPoint(self.clip_point).value)
-        if self.clip_norm is not None:
-            set_(self, "clip_norm", check_clip_norm(self.clip_norm))
-        set_(self, "noise_multiplier", check_noise_multiplier(self.noise_multiplier))
-        if self.relation not in RELATIONS:
-            raise ConfigError(f"relation must be one of {RELATIONS}, got {self.relation!r}")
-        if self.clip_norm is None and self.noise_multiplier != 0:
-            raise ConfigError(
-                f"an unclipped update cannot be noised meaningfully: clip_norm=None needs "
-                f"noise_multiplier=0, got {self.noise_multiplier!r}; set a clip norm"
-            )
-
-    @property
-    def gaussian(self) -> GaussianMechanism | None:
-        """The mechanism a client runs, or None when it sends the update as it is."""
-        if self.clip_norm is None:
-            return None
-        return GaussianMechanism(
-            clip_norm=self.clip_norm,
-            noise_multiplier=self.noise_multiplier,
-            placement=NoisePlacement(self.placement),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReleaseMechanism(_Description):
-    """How the stage-1 statistics are to be released (:class:`StatisticsRelease`)."""
-
-    enabled: bool
-    clip_norm: float
-    noise_multiplier: float
-    std_floor: float
-
-    _TYPES: ClassVar = {
-        "enabled": (bool,),
-        "clip_norm": _NUMBER,
-        "noise_multiplier": _NUMBER,
-        "std_floor": _NUMBER,
-    }
-    _WHAT: ClassVar = "statistics release"
-
-    def __post_init__(self) -> None:
-        release = self.to_release()  # validates every field
-        for key, value in release.to_dict().items():
-            object.__setattr__(self, key, value)
-
-    @classmethod
-    def from_release(cls, release: StatisticsRelease) -> ReleaseMechanism:
-        return cls(**release.to_dict())
-
-    def to_release(self) -> StatisticsRelease:
-        return StatisticsRelease(
-            enabled=self.enabled,
-            clip_norm=self.clip_norm,
-            noise_multiplier=self.noise_multiplier,
-            std_floor=self.std_floor,
-        )
-
-    @property
-    def noised(self) -> bool:
-        return self.enabled and self.noise_multiplier > 0
-
-
-def round_event(mechanism: RoundMechanism) -> dp_event.DpEvent:
-    """What one answered round costs the client, against whoever receives its message.
-
-    Replace-one, no amplification (module docstring): ``GaussianDpEvent(σ/2)``, or
-    ``NonPrivateDpEvent`` without noise.
-    """
-    # The accounting layer's events are add/remove; replace-one is expressed as the
-    # add/remove Gaussian of half the noise multiplier until events carry a relation.
-    if mechanism.noise_multiplier == 0:
-        return dp_accounting.NonPrivateDpEvent()
-    return dp_accounting.GaussianDpEvent(mechanism.noise_multiplier / REPLACE_ONE_FACTOR)
-
-
-def release_event(release: ReleaseMechanism) -> dp_event.DpEvent:
-    """What the stage-1 release costs the client: ``GaussianDpEvent(σ_s/2)`` (replace-one,
-    as :func:`round_event`), or ``NonPrivateDpEvent`` when the statistics go un-noised."""
-    if not release.noised:
-        return dp_accounting.NonPrivateDpEvent()
-    return dp_accounting.GaussianDpEvent(release.noise_multiplier / REPLACE_ONE_FACTOR)
 
 
 # -- the client's floor -------------------------------------------------------------------
@@ -490,8 +283,12 @@ class NodeLedger:
 
     def _read(self) -> PrivacyLedger:
         if not self.path.exists():
-            return PrivacyLedger(delta=self.delta)
-        return PrivacyLedger(delta=self.delta, entries=PrivacyLedger.load(self.path).entries)
+            return PrivacyLedger(delta=self.delta, relation=Relation.REPLACE_ONE)
+        return PrivacyLedger(
+            delta=self.delta,
+            relation=Relation.REPLACE_ONE,
+            entries=PrivacyLedger.load(self.path).entries,
+        )
 
     @property
     def entries(self) -> tuple[Entry, ...]:

@@ -12,11 +12,11 @@ Messages (``message_type``):
   config); the server maps Flower node ids to client indices with it, once per run.
 - ``train.stage1`` (DR-Encoder only): the server sends the global adapter, seeds and the
   statistics release it accounts (``mechanism.description``, a
-  :class:`~drencoder.federated.policy.ReleaseMechanism`); the node answers its clipped,
+  :class:`~drencoder.federated.descriptions.ReleaseMechanism`); the node answers its clipped,
   noised statistics vector and the release's fingerprint.
 - ``train``: the server sends the global adapter, the codec's encoder (never the
   decoder), seeds and the round's mechanism (``mechanism.description``, a
-  :class:`~drencoder.federated.policy.RoundMechanism`: method, placement, clip point,
+  :class:`~drencoder.federated.descriptions.RoundMechanism`: method, placement, clip point,
   C, σ, relation); the node answers its privatised latent and the mechanism's
   fingerprint.
 
@@ -35,7 +35,11 @@ draws its noise from the operating system's entropy (or from the node config's
 ``noise-seed``, for tests only), never from anything the server sent.
 
 A node that answers with an error, with a malformed or mismatched reply, or not within
-``round-timeout`` seconds is a dropout: the round goes on with the others.
+``round-timeout`` seconds is a dropout: the round goes on with the others. The server
+charged every sampled node when it sent the round (write-ahead), so nothing is refunded.
+The server's own generators (central noise, Poisson sampling) are seeded from OS entropy
+unless ``privacy.reproducible_noise``; the run config, ``seed`` included, reaches every
+node, which is why no noise may be derived from it.
 
 Run config (``[tool.flwr.app.config]``): every key is a drencoder config key
 (``method``, ``rounds``, ``privacy.placement``, …; Flower keeps nested TOML tables as
@@ -67,24 +71,22 @@ from flwr.serverapp import Grid, ServerApp
 from drencoder.codecs import Codec, rebuild_codec
 from drencoder.config import RunConfig, load_config
 from drencoder.errors import ClientDropoutWarning, ConfigError, DrencoderError
-from drencoder.federated.methods import spec_for
-from drencoder.federated.orchestration import FederatedServer
-from drencoder.federated.policy import (
-    ClientPolicy,
-    NodeLedger,
-    PolicyRefusal,
+from drencoder.federated import budget
+from drencoder.federated.descriptions import (
     ReleaseMechanism,
     RoundMechanism,
-    node_ledger_path,
     release_event,
     round_event,
 )
+from drencoder.federated.methods import spec_for
+from drencoder.federated.orchestration import FederatedServer
+from drencoder.federated.policy import ClientPolicy, NodeLedger, PolicyRefusal, node_ledger_path
 from drencoder.federated.rounds import ClientFailure, RoundPlan, StatisticsReply, derive_seed
 from drencoder.federated.runtime import ClientResult, ClientRuntime, ClientTask
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.federated.workload import build_workload
 from drencoder.lora import adapter_layout, attach_lora, get_adapter_state
-from drencoder.mechanisms import GaussianMechanism, NoisePlacement, Sampling
+from drencoder.mechanisms import GaussianMechanism
 from drencoder.prior import ClientStatistics
 
 log = logging.getLogger(__name__)
@@ -373,20 +375,6 @@ def train(message: Message, context: Context) -> Message:
 
 
 # -- the ServerApp -----------------------------------------------------------------------
-def mechanism_relation(config: RunConfig) -> str:
-    """The neighbouring relation the server's charge for a round holds under.
-
-    ``add-remove`` where the server claims amplification by Poisson sampling (``central``
-    noise: the party that learns the aggregate does not learn who took part), else
-    ``replace-one`` (whoever receives a client's message knows that it took part). The
-    accounting layer will own this choice; this mirrors it until then.
-    """
-    p, s = config.privacy, config.sampling
-    if p.placement is NoisePlacement.CENTRAL and s.scheme is Sampling.POISSON:
-        return "add-remove"
-    return "replace-one"
-
-
 def round_mechanism(config: RunConfig, mechanism: GaussianMechanism | None) -> RoundMechanism:
     """The description of a round the server sends: its own config and mechanism."""
     p = config.privacy
@@ -396,7 +384,7 @@ def round_mechanism(config: RunConfig, mechanism: GaussianMechanism | None) -> R
         clip_point=p.clip_point.value,
         clip_norm=mechanism.clip_norm if mechanism is not None else None,
         noise_multiplier=mechanism.noise_multiplier if mechanism is not None else 0.0,
-        relation=mechanism_relation(config),
+        relation=budget.relation(config).value,
     )
 
 

@@ -1,0 +1,223 @@
+"""How a message is to be made, described by the server and echoed by the client.
+
+The server describes the whole mechanism it wants a round's message made under
+(:class:`RoundMechanism`: method, placement, clip point, C, σ and the neighbouring relation
+it accounts under) and the stage-1 statistics release (:class:`ReleaseMechanism`). A client
+checks the description against its own floor (:mod:`drencoder.federated.policy`),
+privatises with exactly what was described and echoes the description's
+:meth:`~RoundMechanism.fingerprint`, so the server can refuse a reply made under any other
+mechanism (e.g. after a resume with a changed config).
+
+What a description costs the client that answers it (:func:`round_event`,
+:func:`release_event`): the receiver of a client's message sees that this client took
+part, so no amplification by sampling holds against it, and one client's message can be
+any clipped vector: the *replace-one* relation (sensitivity 2C). The events are the
+mechanism's own, ``GaussianDpEvent(σ)``, charged to a ledger kept under replace-one; a
+message made without noise is charged as non-private (ε = ∞). With ``central`` placement
+the message leaves un-noised; the client charges the declared σ all the same, which holds
+only if the aggregator really adds that noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import dp_accounting
+from dp_accounting import dp_event
+
+from drencoder.accounting import Relation
+from drencoder.config import Method
+from drencoder.errors import ConfigError
+from drencoder.mechanisms import (
+    ClipPoint,
+    GaussianMechanism,
+    NoisePlacement,
+    check_clip_norm,
+    check_noise_multiplier,
+)
+from drencoder.prior import StatisticsRelease
+
+FINGERPRINT_CHARS = 16
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """Sorted keys, no whitespace, no NaN: one text per description, so one fingerprint."""
+    return json.dumps(dict(data), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class _Description:
+    """Strict JSON form and fingerprint shared by the two mechanism descriptions.
+
+    Strict because a description is a promise about privacy: a key the reader does not
+    know could change what the mechanism means, and a missing one leaves it undefined.
+    """
+
+    _TYPES: ClassVar[dict[str, tuple[type, ...]]]
+    _WHAT: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json(cls, data: str | Mapping[str, Any]):
+        """Parse a description (its JSON text or the decoded object); unknown or missing
+        keys and wrongly typed values raise :class:`ConfigError`."""
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"a {cls._WHAT} description must be a JSON object, got text that does not "
+                    f"parse ({exc.msg} at character {exc.pos}); server and client must run "
+                    "the same drencoder version"
+                ) from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"a {cls._WHAT} description must be a JSON object, got {type(data).__name__}"
+            )
+        expected = set(cls._TYPES)
+        unknown, missing = sorted(set(data) - expected), sorted(expected - set(data))
+        if unknown or missing:
+            raise ConfigError(
+                f"{cls._WHAT} description has unknown keys {unknown} and lacks keys "
+                f"{missing}; expected exactly {sorted(expected)}: server and client must run "
+                "the same drencoder version"
+            )
+        for key, types in cls._TYPES.items():
+            value = data[key]
+            # bool is an int subclass: a flag must not pass for a number or vice versa.
+            if not (isinstance(value, types) and isinstance(value, bool) == (bool in types)):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+                raise ConfigError(
+                    f"{cls._WHAT} description key {key!r} must be {names}, got {value!r}"
+                )
+        return cls(**{k: data[k] for k in cls._TYPES})
+
+    def canonical(self) -> str:
+        """The description as canonical JSON text, as it travels."""
+        return canonical_json(self.to_json())
+
+    def fingerprint(self) -> str:
+        """First 16 hex digits of the SHA-256 of :meth:`canonical`: any change of any
+        field changes it, so a reply echoing it names the mechanism it was made under."""
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:FINGERPRINT_CHARS]
+
+
+_NUMBER = (int, float)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundMechanism(_Description):
+    """How one round's message is to be made: method, clipping, noise and the relation
+    the server accounts it under.
+
+    ``clip_norm=None`` means the update is sent unclipped (``fedavg-lora``); it requires
+    ``noise_multiplier = 0``. ``noise_multiplier = 0`` means no noise at all.
+    """
+
+    method: str
+    placement: str
+    clip_point: str
+    clip_norm: float | None
+    noise_multiplier: float
+    relation: str
+
+    _TYPES: ClassVar = {
+        "method": (str,),
+        "placement": (str,),
+        "clip_point": (str,),
+        "clip_norm": (*_NUMBER, type(None)),
+        "noise_multiplier": _NUMBER,
+        "relation": (str,),
+    }
+    _WHAT: ClassVar = "round mechanism"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "method", Method(self.method).value)
+        set_(self, "placement", NoisePlacement(self.placement).value)
+        set_(self, "clip_point", ClipPoint(self.clip_point).value)
+        if self.clip_norm is not None:
+            set_(self, "clip_norm", check_clip_norm(self.clip_norm))
+        set_(self, "noise_multiplier", check_noise_multiplier(self.noise_multiplier))
+        relations = tuple(r.value for r in Relation)
+        if self.relation not in relations:
+            raise ConfigError(f"relation must be one of {relations}, got {self.relation!r}")
+        if self.clip_norm is None and self.noise_multiplier != 0:
+            raise ConfigError(
+                f"an unclipped update cannot be noised meaningfully: clip_norm=None needs "
+                f"noise_multiplier=0, got {self.noise_multiplier!r}; set a clip norm"
+            )
+
+    @property
+    def gaussian(self) -> GaussianMechanism | None:
+        """The mechanism a client runs, or None when it sends the update as it is."""
+        if self.clip_norm is None:
+            return None
+        return GaussianMechanism(
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            placement=NoisePlacement(self.placement),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseMechanism(_Description):
+    """How the stage-1 statistics are to be released (:class:`StatisticsRelease`)."""
+
+    enabled: bool
+    clip_norm: float
+    noise_multiplier: float
+    std_floor: float
+
+    _TYPES: ClassVar = {
+        "enabled": (bool,),
+        "clip_norm": _NUMBER,
+        "noise_multiplier": _NUMBER,
+        "std_floor": _NUMBER,
+    }
+    _WHAT: ClassVar = "statistics release"
+
+    def __post_init__(self) -> None:
+        release = self.to_release()  # validates every field
+        for key, value in release.to_dict().items():
+            object.__setattr__(self, key, value)
+
+    @classmethod
+    def from_release(cls, release: StatisticsRelease) -> ReleaseMechanism:
+        return cls(**release.to_dict())
+
+    def to_release(self) -> StatisticsRelease:
+        return StatisticsRelease(
+            enabled=self.enabled,
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            std_floor=self.std_floor,
+        )
+
+    @property
+    def noised(self) -> bool:
+        return self.enabled and self.noise_multiplier > 0
+
+
+def round_event(mechanism: RoundMechanism) -> dp_event.DpEvent:
+    """What one answered round costs the client, against whoever receives its message.
+
+    ``GaussianDpEvent(σ)``, analysed under replace-one with no amplification (module
+    docstring), or ``NonPrivateDpEvent`` without noise.
+    """
+    if mechanism.noise_multiplier == 0:
+        return dp_accounting.NonPrivateDpEvent()
+    return dp_accounting.GaussianDpEvent(mechanism.noise_multiplier)
+
+
+def release_event(release: ReleaseMechanism) -> dp_event.DpEvent:
+    """What the stage-1 release costs the client: ``GaussianDpEvent(σ_s)`` under
+    replace-one, as :func:`round_event`, or ``NonPrivateDpEvent`` when un-noised."""
+    if not release.noised:
+        return dp_accounting.NonPrivateDpEvent()
+    return dp_accounting.GaussianDpEvent(release.noise_multiplier)
