@@ -135,7 +135,10 @@ def test_unclipped_description_has_no_mechanism():
 def test_events_are_replace_one_gaussians():
     assert round_event(ROUND) == dp_accounting.GaussianDpEvent(2.0)  # under replace-one
     central = dataclasses.replace(ROUND, placement="central", relation="add-remove")
-    assert round_event(central) == dp_accounting.GaussianDpEvent(2.0)  # declared σ, all the same
+    # Central: the message leaves un-noised, so it is not private against the aggregator,
+    # unless the client trusts the aggregator to add the declared noise.
+    assert round_event(central) == dp_accounting.NonPrivateDpEvent()
+    assert round_event(central, trust_aggregator=True) == dp_accounting.GaussianDpEvent(2.0)
     assert round_event(dataclasses.replace(ROUND, noise_multiplier=0)) == (
         dp_accounting.NonPrivateDpEvent()
     )
@@ -223,6 +226,7 @@ def test_node_config_sets_every_rule():
             "require-placement": "local",
             "require-stage1-noise": False,
             "max-epsilon": 8,
+            "trust-aggregator": "true",
             "delta": 1e-6,
         }
     )
@@ -232,6 +236,7 @@ def test_node_config_sets_every_rule():
         placement="local",
         require_stage1_noise=False,
         max_epsilon=8.0,
+        trust_aggregator=True,
         delta=1e-6,
     )
     assert set(POLICY_KEYS) == {
@@ -240,6 +245,7 @@ def test_node_config_sets_every_rule():
         "require-placement",
         "require-stage1-noise",
         "max-epsilon",
+        "trust-aggregator",
         "delta",
     }
 

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.config import load_config
 from drencoder.federated import runtime as runtime_mod
-from drencoder.federated.checkpoint import read_pending
+from drencoder.federated.checkpoint import load_checkpoint, read_pending
+from drencoder.federated.orchestration import DP_STREAMS
 from drencoder.federated.rounds import derive_seed
 from drencoder.federated.simulator import Simulator
 
@@ -108,40 +109,112 @@ def test_the_subtraction_attack_recovers_the_sum_with_reproducible_noise(tmp_pat
     assert float(torch.nn.functional.cosine_similarity(recovered, truth, dim=0)) > 0.9999
 
 
-# -- 2. write-ahead charges and exact resume ----------------------------------------------
+# -- 2. write-ahead charges and resume --------------------------------------------------
+FIXED = ("method=dp-fedavg-lora", "privacy.noise_multiplier=3.0", "target_epsilon=none")
+"""A fixed sigma and no budget: with a target, the extra charge of an interrupted round
+would (rightly) stop the resumed run before it re-runs that round."""
+
+
+def adapter(run_dir):
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
 def test_a_kill_between_sending_and_checkpoint_keeps_the_charge(tmp_path):
     def kill(event, **info):
         if event == "client_done" and info["round"] == 2:
             raise Killed
 
-    # A fixed sigma and no budget: with a target, the extra charge would (rightly) stop
-    # the resumed run before it re-runs round 2.
-    sim = make(
-        tmp_path,
-        "method=dp-fedavg-lora",
-        "privacy.noise_multiplier=3.0",
-        "target_epsilon=none",
-        hook=kill,
-    )
+    sim = make(tmp_path, *FIXED, hook=kill)
     with pytest.raises(Killed):
         sim.run()
-    pending = read_pending(sim.run_dir, after=0)
+    pending = read_pending(sim.run_dir, after=0, relation="replace-one")
     assert [(e.kind, e.round) for e in pending] == [("round", 2)]  # persisted before sending
+    saved = load_checkpoint(sim.run_dir).rng_states
+    resumed = resume(sim.run_dir)
+    assert resumed.round == 1
+    # The re-run draws fresh noise and participation; the other streams continue.
+    for name, state in saved.items():
+        assert torch.equal(resumed.generators[name].get_state(), state) == (
+            name not in DP_STREAMS
+        ), name
+    resumed.run()
+    rounds = [(e.round, "interrupted" in e.label) for e in resumed.ledger.entries]
+    assert rounds == [(1, False), (2, True), (2, False)]  # the lost attempt stays charged
+    assert not (sim.run_dir / "checkpoints" / "pending-charges.jsonl").exists()
 
-    # Resume twice from the same state: the continuation depends only on the checkpoint
-    # (generator states included), not on fresh entropy, so both are identical.
+
+def test_a_resume_with_nothing_in_flight_continues_exactly(tmp_path):
+    def stop_after_checkpoint(event, **info):
+        if event == "round_done" and info["round"] == 1:  # checkpointed, nothing sent
+            raise Killed
+
+    sim = make(tmp_path, *FIXED, hook=stop_after_checkpoint)
+    with pytest.raises(Killed):
+        sim.run()
+    assert read_pending(sim.run_dir, after=0, relation="replace-one") == []
     shutil.copytree(sim.run_dir, tmp_path / "copy")
     first, second = resume(sim.run_dir), resume(tmp_path / "copy")
-    assert first.round == 1
     for r in (first, second):
         r.run()
-    a = load_file(sim.run_dir / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "copy" / "adapter" / "adapter_model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    rounds = [(e.round, "interrupted" in e.label) for e in first.ledger.entries]
-    assert rounds == [(1, False), (2, True), (2, False)]  # the lost attempt stays charged
-    assert first.ledger == second.ledger
-    assert not (sim.run_dir / "checkpoints" / "pending-charges.jsonl").exists()
+    a, b = adapter(sim.run_dir), adapter(tmp_path / "copy")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a function of the checkpoint alone
+    assert first.ledger == second.ledger and len(first.ledger) == 2  # no extra charge
+
+
+def test_a_re_run_round_does_not_replay_its_noise(tmp_path):
+    """The replay attack: central noise, a round broadcast before any checkpoint, then a
+    crash. If the re-run reused the noise, the difference of the two broadcast adapters
+    would be the difference of the two noise-free sums, here one client's exact update."""
+
+    def recovered(reproducible):
+        name = f"run-{reproducible}"
+        opts = [
+            "rounds=3",
+            "method=dp-fedavg-lora",
+            "privacy.placement=central",
+            "privacy.noise_multiplier=1.0",
+            "target_epsilon=none",
+            "checkpoint.every=2",
+            f"privacy.reproducible_noise={str(reproducible).lower()}",
+        ]
+
+        def first_attempt(event, **info):
+            if event == "client_work" and info["round"] == 1 and info["client"] == 0:
+                raise RuntimeError("client 0 drops in the first attempt")
+            if event == "client_done" and info["round"] == 2:
+                raise Killed
+
+        seen = [{}, {}]
+        messages = {}
+
+        def spy(sim, attempt):
+            train = sim.clients.train
+
+            def wrapped(plan, global_state, **kwargs):
+                seen[attempt][plan.round] = dict(global_state)
+                replies = train(plan, global_state=global_state, **kwargs)
+                if attempt == 1:
+                    messages[plan.round] = {c: r.message for c, r in replies.items()}
+                return replies
+
+            sim.clients.train = wrapped
+
+        sim = make(tmp_path, *opts, name=name, hook=first_attempt)
+        spy(sim, 0)
+        with pytest.warns(UserWarning), pytest.raises(Killed):
+            sim.run()
+        again = resume(tmp_path / name)
+        spy(again, 1)
+        again.run()
+        layout, cfg = again.layout, again.config
+        a, b = (layout.flatten(layout.restrict(s[2])) for s in seen)
+        difference = (b - a) * cfg.clients / cfg.server.lr
+        return difference, messages[1][0]
+
+    difference, truth = recovered(reproducible=True)  # research mode replays: proof of attack
+    assert (difference - truth).norm() < 1e-3 * truth.norm() + 1e-4
+    difference, truth = recovered(reproducible=False)
+    assert (difference - truth).norm() > 10 * truth.norm()
 
 
 def test_the_extra_charge_of_an_interrupted_round_counts_towards_the_budget(tmp_path):

@@ -176,8 +176,22 @@ def test_node_privatises_with_the_sent_mechanism_and_charges_first(node, monkeyp
     assert 0.99e-4 <= float(latent.double().norm()) <= 1e-4 * (1 + 1e-6)
     (entry,) = seen["ledger_when_replying"].entries
     assert entry.kind == "round" and entry.round == 1
-    assert entry.event == dp_accounting.GaussianDpEvent(1.0)  # under replace-one
+    # Central: the latent left un-noised, so against the aggregator it is not private.
+    assert entry.event == dp_accounting.NonPrivateDpEvent()
     assert SENT.fingerprint() in entry.label and f"run {RUN_ID}" in entry.label
+
+
+def test_a_node_that_trusts_the_aggregator_is_charged_the_declared_noise(node):
+    n = node(**{"trust-aggregator": "true"})
+    assert not flower.train(train_message(n.runtime, SENT), n.context).has_error()
+    (entry,) = n.ledger().entries
+    assert entry.event == dp_accounting.GaussianDpEvent(1.0)  # under replace-one
+
+
+def test_a_capped_node_refuses_central_tasks_it_cannot_account(node):
+    n = node(**{"max-epsilon": 100.0})  # no finite cap admits an un-noised release
+    assert_error(flower.train(train_message(n.runtime, SENT), n.context), REFUSED_CODE, "refused")
+    assert n.ledger() is None
 
 
 def test_node_uses_the_sent_clip_point(node, monkeypatch):
@@ -299,3 +313,27 @@ def test_server_and_nodes_agree_on_the_wire(node, tmp_path):
     assert row["participants"] == [0] and row["failed"] == {"1": "refused"}
     assert [e.kind for e in accepting.ledger().entries] == ["round"]
     assert refusing.ledger() is None
+
+
+@pytest.mark.parametrize("failure", ["raises", "non-finite"])
+def test_a_training_failure_is_answered_with_the_privatised_zero_update(
+    node, monkeypatch, caplog, failure
+):
+    """Whether training failed can depend on the data: the node must not say so."""
+    from drencoder.federated import runtime as runtime_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("loss diverged on record 17")
+
+    def nan_update(model, global_state, batches, settings, *, layout, **kwargs):
+        return torch.full((layout.dim,), float("nan")), [float("nan")]
+
+    monkeypatch.setattr(runtime_mod, "local_update", broken if failure == "raises" else nan_update)
+    n = node()
+    with caplog.at_level(logging.WARNING):
+        reply = flower.train(train_message(n.runtime, SENT), n.context)
+    assert not reply.has_error()  # an ordinary reply, made under the mechanism
+    latent = from_record(reply.content.array_records["update"])["latent"]
+    assert torch.equal(latent, torch.zeros_like(latent))  # central: the clipped zero update
+    assert n.ledger() is not None and len(n.ledger().entries) == 1  # still charged
+    assert "sending a zero update" in caplog.text  # the reason stays on the node

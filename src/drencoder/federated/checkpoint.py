@@ -21,7 +21,9 @@ to ``pending-charges.jsonl`` (flushed and fsync-ed) *before* it sends the round'
 a checkpoint written afterwards absorbs them. When a run is killed between sending and
 its next checkpoint, the resumed run adds the pending charges to the checkpoint's ledger
 before it re-runs those rounds: the interrupted attempt stays charged, and the re-run is
-charged again, since its clients may answer with fresh noise. Each pending line records
+charged again, with fresh noise (the server reseeds its DP streams from OS entropy, since
+the same noise over a different set of replies would reveal their difference; Flower
+clients draw fresh noise for every task anyway). Each pending line records
 the ledger position its entry took, so a crash between writing a checkpoint and clearing
 the file never charges an entry twice.
 """
@@ -173,20 +175,24 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
 PENDING = "pending-charges.jsonl"
 
 
-def append_pending(run_dir: str | os.PathLike, entry: Entry, *, index: int) -> None:
-    """Persist one charge (ledger position ``index``) before its release happens."""
+def append_pending(run_dir: str | os.PathLike, entry: Entry, *, index: int, relation: str) -> None:
+    """Persist one charge (ledger position ``index``, analysed under ``relation``) before
+    its release happens."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    line = {"index": index, "relation": str(relation), "entry": entry.to_json()}
     with (root / PENDING).open("a") as f:
-        f.write(json.dumps({"index": index, "entry": entry.to_json()}) + "\n")
+        f.write(json.dumps(line) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_pending(run_dir: str | os.PathLike, *, after: int) -> list[Entry]:
+def read_pending(run_dir: str | os.PathLike, *, after: int, relation: str) -> list[Entry]:
     """The pending charges whose ledger position is ``>= after`` (not yet in a checkpoint
     whose ledger has ``after`` entries), in order. A torn last line (a crash while it was
-    written, before its tasks were sent) is ignored; any other damage raises."""
+    written, before its tasks were sent) is ignored; any other damage raises. Charges made
+    under another neighbouring relation than ``relation`` are refused
+    (:class:`CheckpointError`): an event's meaning depends on it."""
     path = Path(run_dir) / "checkpoints" / PENDING
     if not path.is_file():
         return []
@@ -196,10 +202,17 @@ def read_pending(run_dir: str | os.PathLike, *, after: int) -> list[Entry]:
         try:
             data = json.loads(line)
             index, entry = int(data["index"]), Entry.from_json(data["entry"])
+            made_under = str(data["relation"])
         except (ValueError, KeyError, TypeError) as exc:
             if i == len(lines) - 1:
                 break
             raise _damaged(path, f"has a malformed line {i + 1} ({exc})") from None
+        if made_under != str(relation):
+            raise CheckpointError(
+                f"{path} holds charges made under the {made_under} relation, but this run is "
+                f"accounted under {relation}: they came from an interrupted run with another "
+                "config. Run it again with that config, or choose another --out"
+            )
         if index >= after:
             out.append(entry)
     return out

@@ -14,8 +14,9 @@ part, so no amplification by sampling holds against it, and one client's message
 any clipped vector: the *replace-one* relation (sensitivity 2C). The events are the
 mechanism's own, ``GaussianDpEvent(σ)``, charged to a ledger kept under replace-one; a
 message made without noise is charged as non-private (ε = ∞). With ``central`` placement
-the message leaves un-noised; the client charges the declared σ all the same, which holds
-only if the aggregator really adds that noise.
+the message leaves un-noised: it is charged as non-private too, unless the client declares
+that it trusts the aggregator to add the declared noise (node config
+``trust-aggregator``).
 """
 
 from __future__ import annotations
@@ -204,13 +205,17 @@ class ReleaseMechanism(_Description):
         return self.enabled and self.noise_multiplier > 0
 
 
-def round_event(mechanism: RoundMechanism) -> dp_event.DpEvent:
+def round_event(mechanism: RoundMechanism, *, trust_aggregator: bool = False) -> dp_event.DpEvent:
     """What one answered round costs the client, against whoever receives its message.
 
     ``GaussianDpEvent(σ)``, analysed under replace-one with no amplification (module
-    docstring), or ``NonPrivateDpEvent`` without noise.
+    docstring), or ``NonPrivateDpEvent`` without noise. A ``central`` message leaves
+    un-noised: it is charged as non-private unless the client trusts the aggregator to add
+    the declared noise (``trust_aggregator``).
     """
     if mechanism.noise_multiplier == 0:
+        return dp_accounting.NonPrivateDpEvent()
+    if mechanism.placement == NoisePlacement.CENTRAL.value and not trust_aggregator:
         return dp_accounting.NonPrivateDpEvent()
     return dp_accounting.GaussianDpEvent(mechanism.noise_multiplier)
 

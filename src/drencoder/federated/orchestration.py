@@ -16,8 +16,11 @@ Who runs the clients is a :class:`ClientPool`: the in-process simulator
 :class:`~drencoder.federated.runtime.ClientRuntime` on the client side.
 
 Every random choice of the server comes from one of the run's named generators
-(sampling, data, train, noise, stage1), all checkpointed, so a resumed run continues
-exactly where it stopped. The streams a DP guarantee rests on (:data:`DP_STREAMS`: Poisson
+(sampling, data, train, noise, stage1), all checkpointed, so a run resumed from a
+checkpoint after which nothing was sent continues exactly where it stopped. When a round's
+tasks had already gone out (pending charges), the DP streams are reseeded from OS entropy
+for the re-run: replaying their noise over a different set of replies would reveal the
+difference. The streams a DP guarantee rests on (:data:`DP_STREAMS`: Poisson
 participation and every Gaussian draw) are seeded from OS entropy; the others from
 ``seed``. ``privacy.reproducible_noise = true`` seeds every stream from ``seed`` (research
 only: the run's outputs then say that epsilon does not hold against anyone who knows it).
@@ -30,6 +33,7 @@ never refunded, whatever comes back.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -78,7 +82,7 @@ from drencoder.lora import (
     get_adapter_state,
     set_adapter_state,
 )
-from drencoder.mechanisms import GaussianMechanism, noise_generator
+from drencoder.mechanisms import GaussianMechanism, noise_generator, reseed_from_entropy
 
 GENERATORS = ("sampling", "data", "train", "noise", "stage1")
 DP_STREAMS = ("sampling", "noise")
@@ -199,7 +203,9 @@ class FederatedServer:
     ) -> None:
         """Record ``event`` in the ledger and persist it before the release it pays for."""
         entry = self.ledger.record(event, kind=kind, label=label, round=round, clients=clients)
-        append_pending(self.run_dir, entry, index=len(self.ledger) - 1)
+        append_pending(
+            self.run_dir, entry, index=len(self.ledger) - 1, relation=self.relation.value
+        )
 
     def charge_round(self, plan: RoundPlan) -> None:
         """Charge round ``plan.round`` before its tasks are sent (never refunded).
@@ -222,9 +228,11 @@ class FederatedServer:
             f"C={p.clip_norm:g}, {self.relation.value}",
         )
 
-    def _absorb_pending(self, after: int) -> None:
-        """Add charges written ahead by an interrupted attempt (see ``checkpoint``)."""
-        for entry in read_pending(self.run_dir, after=after):
+    def _absorb_pending(self, after: int) -> int:
+        """Add charges written ahead by an interrupted attempt (see ``checkpoint``); returns
+        how many there were."""
+        entries = read_pending(self.run_dir, after=after, relation=self.relation.value)
+        for entry in entries:
             self.ledger.record(
                 entry.event,
                 kind=entry.kind,
@@ -232,6 +240,7 @@ class FederatedServer:
                 clients=entry.clients,
                 label=f"{entry.label} (interrupted attempt, charged again when re-run)",
             )
+        return len(entries)
 
     # -- metrics -----------------------------------------------------------------------
     def _append(self, row: dict) -> None:
@@ -261,14 +270,17 @@ class FederatedServer:
             progress=self.progress,
         )
         eps = self._epsilons()
+        spent = eps[self.config.privacy.accountant] if eps else None
+        if spent is not None and not math.isfinite(spent):
+            spent = None  # a release without noise (stage1.release_noise = false): no guarantee
         record = eval_record(
             mc,
             task=w.task,
             model_name=self.config.model.name,
             adapter=self.layout.flatten(self.layout.restrict(self.global_state)),
             method=self.config.method.value,
-            epsilon=eps[self.config.privacy.accountant] if eps else None,
-            delta=self.config.delta if eps else None,
+            epsilon=spent,
+            delta=self.config.delta if spent is not None else None,
         )
         row = {
             "kind": "eval",
@@ -307,13 +319,22 @@ class FederatedServer:
         # CheckpointError with its files untouched.
         codec = load_codec(self.run_dir / "checkpoints" / "codec")
         rows = rundir.read_metrics(self.metrics_path, ckpt.metrics_rows)
+        if ckpt.ledger.relation is not self.relation:
+            raise CheckpointError(
+                f"the checkpoint's ledger was accounted under the {ckpt.ledger.relation.value} "
+                f"relation, this config under {self.relation.value}; an event's charge "
+                "depends on it. Resume with the run's own config.toml (and privacy.relation), "
+                "or start a new run with --out"
+            )
         rundir.restore_model_state(self, ckpt)
-        # The run's relation decides the analysis; the events describe the mechanism, so a
-        # ledger written under another relation (or before it was recorded) is re-read.
-        self.ledger = accounting.PrivacyLedger(
-            delta=self.config.delta, relation=self.relation, entries=ckpt.ledger.entries
-        )
-        self._absorb_pending(after=len(ckpt.ledger))
+        self.ledger = ckpt.ledger
+        interrupted = self._absorb_pending(after=len(ckpt.ledger))
+        if interrupted and not self.config.privacy.reproducible_noise:
+            # A round's tasks went out after this checkpoint. Replaying the checkpointed
+            # noise over a different set of replies (a dropout, a late reply) would reveal
+            # their difference, so the re-run draws fresh noise and participation.
+            for name in DP_STREAMS:
+                reseed_from_entropy(self.generators[name])
         self.round = ckpt.round
         self.noise_multiplier = ckpt.noise_multiplier
         self.sigma_source = ckpt.extra.get("sigma_source", "config")

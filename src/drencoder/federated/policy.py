@@ -71,6 +71,7 @@ POLICY_KEYS = {
     "require-placement": "placement",
     "require-stage1-noise": "require_stage1_noise",
     "max-epsilon": "max_epsilon",
+    "trust-aggregator": "trust_aggregator",
     "delta": "delta",
 }
 """Node-config key → :class:`ClientPolicy` field."""
@@ -122,7 +123,12 @@ class ClientPolicy:
 
     Every limit is optional (None = no limit) except ``require_stage1_noise``, on by
     default because an un-noised statistics release has ε = ∞. ``max_epsilon`` caps the
-    client's own ledger (:class:`NodeLedger`) at ``delta``.
+    client's own ledger (:class:`NodeLedger`) at ``delta``. ``trust_aggregator`` (default
+    false) decides what a ``central``-placement task costs: the message leaves un-noised,
+    so against the aggregator it is not private and is charged as such (ε = ∞, which any
+    ``max_epsilon`` refuses); a client that trusts the aggregator to add the declared
+    noise (a trusted party, or secure aggregation with distributed noise) sets it true and
+    is charged the declared Gaussian.
     """
 
     min_noise_multiplier: float | None = None
@@ -130,9 +136,14 @@ class ClientPolicy:
     placement: str | None = None
     require_stage1_noise: bool = True
     max_epsilon: float | None = None
+    trust_aggregator: bool = False
     delta: float = DEFAULT_DELTA
 
     def __post_init__(self) -> None:
+        if not isinstance(self.trust_aggregator, bool):
+            raise ConfigError(
+                f"trust_aggregator must be true or false, got {self.trust_aggregator!r}"
+            )
         if self.min_noise_multiplier is not None:
             object.__setattr__(
                 self,
@@ -192,6 +203,8 @@ class ClientPolicy:
             kwargs["require_stage1_noise"] = _node_flag("require-stage1-noise", v)
         if not _unset(v := raw["max-epsilon"]):
             kwargs["max_epsilon"] = _node_number("max-epsilon", v, low=0, low_open=True)
+        if not _unset(v := raw["trust-aggregator"]):
+            kwargs["trust_aggregator"] = _node_flag("trust-aggregator", v)
         if not _unset(v := raw["delta"]):
             kwargs["delta"] = _node_number("delta", v, low=0, low_open=True, high=1)
         return cls(**kwargs)

@@ -20,6 +20,7 @@ run's outputs mark them as not covered by epsilon.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,8 @@ from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
 from drencoder.prior import ClientStatistics, StatisticsRelease
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,16 @@ class ClientRuntime:
         mechanism: GaussianMechanism | None,
         clip_point: ClipPoint | str | None = None,
         diagnostics: bool = True,
+        fail_closed: bool = False,
     ) -> ClientResult:
         """Stage 2: train from ``global_state``, encode, clip and (locally) noise.
 
         ``clip_point`` defaults to ``config.privacy.clip_point``; a deployed client passes
         the one the server described, as it passes the server's ``mechanism``.
+        ``fail_closed`` (a deployed client): a failure of local training, or a non-finite
+        update, is logged here and answered with the privatised zero update, so that
+        whether training succeeded, which can depend on the data, never leaves the client
+        outside the mechanism. The simulator keeps the default and raises.
         """
         cfg = self.config
         batches = self.workload.batches(
@@ -128,16 +136,29 @@ class ClientRuntime:
             batch_size=cfg.data.batch_size,
             generator=torch.Generator().manual_seed(task.data_seed),
         )
-        update, losses = local_update(
-            self.model,
-            global_state,
-            batches,
-            cfg.local,
-            layout=self.layout,
-            seed=task.train_seed,
-            progress=self.progress,
-            desc=f"client {task.client}",
-        )
+        try:
+            update, losses = local_update(
+                self.model,
+                global_state,
+                batches,
+                cfg.local,
+                layout=self.layout,
+                seed=task.train_seed,
+                progress=self.progress,
+                desc=f"client {task.client}",
+            )
+            if not bool(torch.isfinite(update).all()):
+                raise FloatingPointError("local training produced a non-finite update")
+        except Exception as exc:
+            if not fail_closed:
+                raise
+            # Whether training failed can depend on the data (a diverging loss, an
+            # update that stays zero): answering with an error would release that bit
+            # outside the mechanism. Send the privatised zero update instead.
+            log.warning(
+                "client %s: local training failed (%s); sending a zero update", task.client, exc
+            )
+            update, losses = torch.zeros(self.layout.dim), []
         measured = {}
         if diagnostics:
             measured["train_loss"] = sum(losses) / len(losses) if losses else float("nan")

@@ -62,9 +62,11 @@ def not_covered(cfg, relation: str) -> list[str]:
     ]
     if relation == "add-remove":
         out.append(
-            "the sampled, participants, failed, rejected and bytes_up fields of metrics.jsonl: "
-            "the aggregator's view of who took part, which the add-remove epsilon assumes "
-            "hidden"
+            "everything that counts or names who took part, which the add-remove epsilon "
+            "assumes hidden: the sampled, participants, failed, rejected, bytes_up and "
+            "bytes_down fields of metrics.jsonl (round and stage-1 rows, and the stage-1 "
+            "clients count), summary.json's communication totals, the totals in report.md "
+            "and bytes.png. They are the aggregator's view"
         )
     return out
 
@@ -135,21 +137,26 @@ def summarize(sim: FederatedServer) -> dict:
             "total_down": sum(r["bytes_down"] for r in rows if "bytes_down" in r),
         },
         rundir.NOT_COVERED: {
-            "note": "measured on raw client updates inside a simulation; no epsilon covers "
+            "note": "measured on raw client data inside a simulation; no epsilon covers "
             "these numbers",
-            "reconstruction": {
-                "rel_error": sum(r["rel_error"] for r in recon) / len(recon),
-                "cosine": sum(r["cosine"] for r in recon) / len(recon),
-            },
-        }
-        if recon
-        else None,
+            # Each client's dataset size is part of its data under replace-one.
+            "examples_per_client": sim.workload.description.get("examples_per_client"),
+            **(
+                {
+                    "reconstruction": {
+                        "rel_error": sum(r["rel_error"] for r in recon) / len(recon),
+                        "cosine": sum(r["cosine"] for r in recon) / len(recon),
+                    }
+                }
+                if recon
+                else {}
+            ),
+        },
         "run": {
             "drencoder": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "seconds in rounds": round(sum(r["seconds"] for r in rounds), 1),
-            "workload": json.dumps(sim.workload.description.get("examples_per_client")),
         },
     }
 

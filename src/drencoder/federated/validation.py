@@ -32,8 +32,9 @@ eavesdropper saw. Rejection is post-processing of that release, so the ledger ch
 rejected client exactly as if its message had been aggregated (conservative: nothing is
 refunded). With central noise the server noises the sum of the accepted messages; the
 event charged is unchanged, since dropping a client's contribution can only lower the
-sensitivity. The simulator records ``rejected: {client: reason}`` in the round's metrics
-row and logs each rejection at WARNING on the ``drencoder`` logger.
+sensitivity. The server records ``rejected: {client: code}`` (a fixed code) in the round's
+metrics row and logs each rejection, with its detail, at WARNING on the ``drencoder``
+logger.
 """
 
 from __future__ import annotations
@@ -58,8 +59,25 @@ RELATIVE_TOLERANCE = 1e-5
 """Float32 rounding allowance on every norm bound."""
 
 
+REJECTION_CODES = (
+    "not-a-tensor",
+    "oversized",
+    "bad-dtype",
+    "bad-shape",
+    "non-finite",
+    "norm-bound",
+)
+"""The fixed codes a rejection is recorded with in metrics. The detail (values computed
+from the message, which with central noise is un-noised) goes to the server's log only."""
+
+
 class PayloadRejected(DrencoderError):
-    """A client message failed a server-side check; the message names the reason."""
+    """A client message failed a server-side check; ``code`` is one of
+    :data:`REJECTION_CODES`, the message names the detail."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
 
 
 def norm_bound(
@@ -89,19 +107,20 @@ def check_message(
     """Raise :class:`PayloadRejected` unless ``message`` is a valid latent (module docstring)."""
     if not isinstance(message, torch.Tensor):
         raise PayloadRejected(
+            "not-a-tensor",
             f"not a tensor (got {type(message).__name__}); a message must be a float32 tensor "
-            f"of shape [{latent_dim}]"
+            f"of shape [{latent_dim}]",
         )
     size = message.numel() * message.element_size()
     if size > max_bytes:
-        raise PayloadRejected(f"oversized: {size} bytes, the limit is {max_bytes} bytes")
+        raise PayloadRejected("oversized", f"{size} bytes, the limit is {max_bytes} bytes")
     if message.dtype != torch.float32:
-        raise PayloadRejected(f"dtype {message.dtype}, expected torch.float32")
+        raise PayloadRejected("bad-dtype", f"dtype {message.dtype}, expected torch.float32")
     if message.ndim != 1 or message.shape[0] != latent_dim:
-        raise PayloadRejected(f"shape {list(message.shape)}, expected [{latent_dim}]")
+        raise PayloadRejected("bad-shape", f"shape {list(message.shape)}, expected [{latent_dim}]")
     if not bool(torch.isfinite(message).all()):
         bad = int((~torch.isfinite(message)).sum())
-        raise PayloadRejected(f"{bad} of {latent_dim} values are NaN or infinite")
+        raise PayloadRejected("non-finite", f"{bad} of {latent_dim} values are NaN or infinite")
     if clip_norm is None:
         return
     bound = norm_bound(
@@ -119,7 +138,7 @@ def check_message(
             if local
             else f"the clip norm C={clip_norm:g}"
         )
-        raise PayloadRejected(f"norm {norm:.6g} exceeds {bound:.6g} = {how}")
+        raise PayloadRejected("norm-bound", f"norm {norm:.6g} exceeds {bound:.6g} = {how}")
 
 
 def accept_messages(
@@ -131,10 +150,11 @@ def accept_messages(
     placement: NoisePlacement | str,
     max_bytes: int,
 ) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
-    """Split ``{client: message}`` into accepted messages and ``{client: reason}``.
+    """Split ``{client: message}`` into accepted messages and ``{client: code}``.
 
     Order is kept (accepted messages are aggregated in the order the clients were
-    sampled). Every rejection is logged at WARNING on the ``drencoder`` logger.
+    sampled). Every rejection is logged, with its detail, at WARNING on the ``drencoder``
+    logger; the returned codes are fixed (:data:`REJECTION_CODES`).
     """
     accepted: dict[int, torch.Tensor] = {}
     rejected: dict[int, str] = {}
@@ -149,7 +169,7 @@ def accept_messages(
                 max_bytes=max_bytes,
             )
         except PayloadRejected as exc:
-            rejected[client] = str(exc)
+            rejected[client] = exc.code
             logger.warning("message of client %s rejected: %s", client, exc)
         else:
             accepted[client] = message  # type: ignore[assignment]

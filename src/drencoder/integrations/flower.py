@@ -219,7 +219,10 @@ def _noise_generator(context: Context, what: str) -> torch.Generator:
     seed = context.node_config.get("noise-seed")
     if seed is None or seed == "":
         return torch.Generator().manual_seed(secrets.randbits(63))
-    return torch.Generator().manual_seed(derive_seed(int(seed), f"node-noise/{what}"))
+    # Mixed with the run id, so that two runs (e.g. a resumed one) never share noise.
+    return torch.Generator().manual_seed(
+        derive_seed(int(seed), f"node-noise/{context.run_id}/{what}")
+    )
 
 
 def _global_state(runtime: ClientRuntime, content: RecordDict) -> dict[str, torch.Tensor]:
@@ -337,7 +340,7 @@ def train(message: Message, context: Context) -> Message:
     policy.check_round(mechanism)
     pid, _ = _partition(context.node_config)
     ledger = NodeLedger(node_ledger_path(context.node_config, pid), delta=policy.delta)
-    event = round_event(mechanism)
+    event = round_event(mechanism, trust_aggregator=policy.trust_aggregator)
     ledger.check(event, policy.max_epsilon)  # refuse before training, not after it
     runtime = _runtime(context)
     _check_layout(runtime, mechanism)
@@ -358,6 +361,7 @@ def train(message: Message, context: Context) -> Message:
         mechanism=mechanism.gaussian,
         clip_point=mechanism.clip_point,
         diagnostics=False,
+        fail_closed=True,
     )
     fingerprint = mechanism.fingerprint()
     clip = "unclipped" if mechanism.clip_norm is None else f"C={mechanism.clip_norm:g}"

@@ -6,7 +6,7 @@ job of :mod:`drencoder.accounting` (STYLE.md habit 1).
 
 from drencoder.mechanisms.clipping import check_clip_norm, clip_l2
 from drencoder.mechanisms.gaussian import GaussianMechanism, check_noise_multiplier
-from drencoder.mechanisms.noise import gaussian_noise, noise_generator
+from drencoder.mechanisms.noise import gaussian_noise, noise_generator, reseed_from_entropy
 from drencoder.mechanisms.options import (
     Aggregation,
     ClipPoint,
@@ -27,4 +27,5 @@ __all__ = [
     "clip_l2",
     "gaussian_noise",
     "noise_generator",
+    "reseed_from_entropy",
 ]

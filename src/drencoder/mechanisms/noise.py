@@ -88,3 +88,12 @@ def noise_generator(seed: int | None = None) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0 or None (OS entropy), got seed={seed!r}")
     return torch.Generator().manual_seed(seed)
+
+
+def reseed_from_entropy(generator: torch.Generator) -> None:
+    """Reseed ``generator`` in place with 63 fresh bits of OS entropy (never stored).
+
+    Used when a resumed run re-runs a round whose tasks were already sent: replaying the
+    checkpointed noise over a different set of replies would reveal their difference.
+    """
+    generator.manual_seed(secrets.randbits(63))

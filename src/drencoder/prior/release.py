@@ -5,8 +5,9 @@ clips its statistics vector (:meth:`ClientStatistics.to_vector`, the means and s
 blocks and epochs) to L2 norm ``clip_norm`` (C_s) and adds N(0, σ_s²C_s²I) drawn by
 :func:`drencoder.mechanisms.noise.gaussian_noise` — it reuses
 :class:`~drencoder.mechanisms.gaussian.GaussianMechanism` with ``local`` placement. The
-accountant charges it as one ``GaussianDpEvent(σ_s)`` per client, with no amplification
-(every client uploads, and the server knows who did).
+accountant charges it as one ``GaussianDpEvent(σ_s)`` per client under the replace-one
+relation (sensitivity 2C_s), with no amplification: every client uploads, and the server
+knows who did (see ``drencoder.federated.budget.statistics_event``).
 
 Post-processing. Noise can make a std negative; the released stds are raised to
 ``std_floor`` (a small positive number), which costs no privacy. Pooling noisy stds by root
@@ -17,9 +18,10 @@ Defaults. ``clip_norm=0.02``: on the embedded default (SmolLM2, r=8 on q/k/v/o, 
 blocks, one or two AdamW steps at lr 5e-4) the statistics vector measured 0.005..0.01 in
 norm; measure yours (``ClientStatistics.to_vector().norm()``) and set it. The clip norm
 also bounds the pooled prior (``pool_statistics(clip_norm=...)``).
-``noise_multiplier=5.0`` makes the one-off charge small next to stage 2 (ε ≈ 0.73 at
-δ = 1e-5 alone, PLD); the price is that with few clients the pooled prior is dominated by
-noise. Both are guesses to be tuned with data, not results.
+``noise_multiplier=5.0`` makes the one-off charge small next to stage 2 (ε ≈ 1.55 at
+δ = 1e-5 alone, PLD, at the replace-one sensitivity 2C_s it is charged at: every client
+sends its own vector and the server sees who did); the price is that with few clients the
+pooled prior is dominated by noise. Both are guesses to be tuned with data, not results.
 
 ``enabled=False`` releases the statistics as they are; the honest event is then
 ``NonPrivateDpEvent`` (ε = ∞), and a run that wants to report stage 2 alone must say so.
