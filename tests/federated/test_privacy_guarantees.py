@@ -332,3 +332,31 @@ def test_raw_data_diagnostics_are_marked_not_covered(tmp_path):
     assert "reconstruction" in summary["not_covered_by_epsilon"]
     assert any("not_covered_by_epsilon" in x for x in summary["privacy"]["not_covered"])
     assert "Not covered by epsilon" in (sim.run_dir / "report.md").read_text()
+
+
+def test_a_resume_under_another_relation_is_refused(tmp_path):
+    from drencoder.errors import CheckpointError, PrivacyWarning
+
+    sim = make(tmp_path, *FIXED)
+    sim.run()
+    config = sim.run_dir / "config.toml"
+    config.write_text(config.read_text().replace('relation = "auto"', 'relation = "add-remove"'))
+    with (
+        pytest.warns(PrivacyWarning),
+        pytest.raises(CheckpointError, match="accounted under the replace-one relation"),
+    ):
+        resume(sim.run_dir)
+
+
+def test_an_un_noised_statistics_release_is_reported_as_no_guarantee(tmp_path):
+    sim = make(
+        tmp_path,
+        "method=dr-encoder",
+        "stage1.release_noise=false",
+        "privacy.noise_multiplier=3.0",
+        "target_epsilon=none",
+    )
+    summary = sim.run()
+    assert summary["privacy"]["epsilon"]["pld"] == float("inf")
+    last_eval = [r for r in sim.rows if r["kind"] == "eval"][-1]
+    assert last_eval["epsilon"] is None and last_eval["relation"] == "replace-one"
