@@ -1,5 +1,6 @@
 """Privacy accounting: GDP (own), RDP and PLD (dp-accounting), a ledger, calibration,
-under the add-remove or replace-one neighbouring relation.
+under the add-remove or replace-one neighbouring relation; and the statistics of one-run
+empirical auditing (an ε lower bound, ``audit``).
 
 This package depends on numpy, scipy and dp-accounting only; it never imports torch, so
 ``drencoder privacy`` starts fast and the accounting can be audited on its own.
@@ -15,6 +16,12 @@ from drencoder.accounting.accountants import (
     epsilons,
     parse_accountant,
     rounds_event,
+)
+from drencoder.accounting.audit import (
+    AuditResult,
+    audit_scores,
+    epsilon_lower_bound,
+    p_value,
 )
 from drencoder.accounting.calibration import calibrate, calibrate_noise_multiplier
 from drencoder.accounting.events import (
@@ -47,11 +54,13 @@ __all__ = [
     "RELATION_CHOICES",
     "Accountant",
     "AccountingError",
+    "AuditResult",
     "Entry",
     "GdpApproximationWarning",
     "PrivacyLedger",
     "Relation",
     "UnsupportedRelation",
+    "audit_scores",
     "calibrate",
     "calibrate_noise_multiplier",
     "charged_to",
@@ -59,6 +68,7 @@ __all__ = [
     "delta_from_mu",
     "epsilon",
     "epsilon_from_mu",
+    "epsilon_lower_bound",
     "epsilons",
     "event_from_json",
     "event_to_json",
@@ -66,6 +76,7 @@ __all__ = [
     "gdp_mu",
     "mu_full_participation",
     "mu_poisson",
+    "p_value",
     "parse_accountant",
     "parse_relation",
     "relation_warning",
