@@ -17,12 +17,7 @@ from drencoder.accounting.accountants import (
     parse_accountant,
     rounds_event,
 )
-from drencoder.accounting.audit import (
-    AuditResult,
-    audit_scores,
-    epsilon_lower_bound,
-    p_value,
-)
+from drencoder.accounting.audit import AuditResult, audit_scores, epsilon_lower_bound
 from drencoder.accounting.calibration import calibrate, calibrate_noise_multiplier
 from drencoder.accounting.events import (
     event_from_json,
@@ -76,7 +71,6 @@ __all__ = [
     "gdp_mu",
     "mu_full_participation",
     "mu_poisson",
-    "p_value",
     "parse_accountant",
     "parse_relation",
     "relation_warning",
