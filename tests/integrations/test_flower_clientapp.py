@@ -337,3 +337,20 @@ def test_a_training_failure_is_answered_with_the_privatised_zero_update(
     assert torch.equal(latent, torch.zeros_like(latent))  # central: the clipped zero update
     assert n.ledger() is not None and len(n.ledger().entries) == 1  # still charged
     assert "sending a zero update" in caplog.text  # the reason stays on the node
+
+
+def test_a_failing_warm_up_releases_noised_zero_statistics(node, monkeypatch, caplog):
+    from drencoder.federated import runtime as runtime_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("warm-up diverged on record 17")
+
+    monkeypatch.setattr(runtime_mod, "release_client_statistics", broken)
+    n = node()
+    on = ReleaseMechanism(enabled=True, clip_norm=0.02, noise_multiplier=5.0, std_floor=1e-8)
+    with caplog.at_level(logging.WARNING):
+        reply = flower.stage1(stage1_message(n.runtime, on), n.context)
+    assert not reply.has_error()  # an ordinary release, indistinguishable by its form
+    vector = from_record(reply.content.array_records["statistics"])["vector"]
+    assert float(vector.std()) > 0.02  # noised (sigma_s * C_s = 0.1), not a bare zero vector
+    assert len(n.ledger().entries) == 1 and "releasing zero statistics" in caplog.text

@@ -29,7 +29,7 @@ from drencoder.codecs import Codec, IdentityCodec
 from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig
 from drencoder.federated.client import local_update, make_message
-from drencoder.federated.stage1 import Stage1Task, release_client_statistics
+from drencoder.federated.stage1 import Stage1Task, release_client_statistics, release_for
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
@@ -92,22 +92,39 @@ class ClientRuntime:
         *,
         global_state: dict[str, torch.Tensor],
         release: StatisticsRelease | None = None,
+        fail_closed: bool = False,
     ) -> tuple[ClientStatistics, float]:
         """Stage 1: the released statistics and the (local-only) unreleased norm.
 
-        ``release`` defaults to the one ``config.stage1`` describes.
+        ``release`` defaults to the one ``config.stage1`` describes. ``fail_closed`` (a
+        deployed client): a failing warm-up is logged here and answered with the released
+        (clipped, noised) *zero* statistics vector, as :meth:`train` does for a round.
         """
-        return release_client_statistics(
-            self.model,
-            global_state,
-            self.workload,
-            task,
-            self.config,
-            layout=self.layout,
-            noise_generator=self.noise_generator,
-            release=release,
-            progress=self.progress,
-        )
+        try:
+            return release_client_statistics(
+                self.model,
+                global_state,
+                self.workload,
+                task,
+                self.config,
+                layout=self.layout,
+                noise_generator=self.noise_generator,
+                release=release,
+                progress=self.progress,
+            )
+        except Exception as exc:
+            if not fail_closed:
+                raise
+            log.warning(
+                "client %s: stage-1 warm-up failed (%s); releasing zero statistics",
+                task.client,
+                exc,
+            )
+            n_epochs = self.config.stage1.epochs
+            zeros = torch.zeros(2 * len(self.layout.blocks) * n_epochs)
+            stats = ClientStatistics.from_vector(zeros, layout=self.layout, n_epochs=n_epochs)
+            release = release if release is not None else release_for(self.config)
+            return release.release(stats, generator=self.noise_generator), 0.0
 
     def train(
         self,

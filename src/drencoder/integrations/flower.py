@@ -319,6 +319,7 @@ def stage1(message: Message, context: Context) -> Message:
         ),
         global_state=_global_state(runtime, content),
         release=release.to_release(),
+        fail_closed=True,
     )
     fingerprint = release.fingerprint()
     ledger.charge(
