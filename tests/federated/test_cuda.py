@@ -52,10 +52,12 @@ def test_every_method_runs_on_cuda(tmp_path, method):
 
 @pytest.mark.parametrize("method", ["dp-fedavg-lora", "dp-random-projection"])
 def test_cuda_matches_cpu_up_to_float_error(tmp_path, method):
-    """Same seed on both devices: noise comes from CPU generators, so only the arithmetic
-    of local training differs; the adapters agree closely and the ledgers exactly."""
-    cpu, _ = run(tmp_path, "cpu", f"method={method}")
-    gpu, _ = run(tmp_path, "gpu", f"method={method}", "model.device=cuda")
+    """Same seed on both devices, with reproducible noise (the default draws it from OS
+    entropy): noise comes from CPU generators, so only the arithmetic of local training
+    differs; the adapters agree closely and the ledgers exactly."""
+    repro = "privacy.reproducible_noise=true"
+    cpu, _ = run(tmp_path, "cpu", f"method={method}", repro)
+    gpu, _ = run(tmp_path, "gpu", f"method={method}", "model.device=cuda", repro)
     for key, value in cpu.global_state.items():
         torch.testing.assert_close(gpu.global_state[key].cpu(), value, rtol=1e-3, atol=1e-4)
     assert gpu.ledger.epsilons() == cpu.ledger.epsilons()
