@@ -30,7 +30,6 @@ from drencoder.federated.orchestration import FederatedServer
 from drencoder.federated.rounds import derive_seed
 from drencoder.federated.runtime import ClientRuntime
 from drencoder.federated.workload import build_workload
-from drencoder.integrations import flower
 from drencoder.integrations.flower import (
     CLIENT_ERROR_CODE,
     REFUSED_CODE,
@@ -39,6 +38,7 @@ from drencoder.integrations.flower import (
     from_record,
     to_record,
 )
+from drencoder.integrations.flower import client as flower
 from drencoder.lora import adapter_layout, attach_lora, get_adapter_state
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
