@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.config import load_config
 from drencoder.federated import runtime as runtime_mod
-from drencoder.federated.checkpoint import load_checkpoint, read_pending
-from drencoder.federated.orchestration import DP_STREAMS
-from drencoder.federated.rounds import derive_seed
+from drencoder.federated.charges import read_pending
+from drencoder.federated.checkpoint import load_checkpoint
+from drencoder.federated.rounds import DP_STREAMS, derive_seed
 from drencoder.federated.simulator import Simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.config import load_config
-from drencoder.federated import orchestration as orch_mod
+from drencoder.federated import rounds as rounds_mod
 from drencoder.federated import runtime as runtime_mod
 from drencoder.federated.simulator import Simulator
 
@@ -255,9 +255,9 @@ def test_dp_streams_come_from_os_entropy_unless_reproducible_and_resume_continue
     _, repro_a = states("repro-a", "privacy.reproducible_noise=true")
     _, repro_b = states("repro-b", "privacy.reproducible_noise=true")
     assert all(torch.equal(repro_a[k], repro_b[k]) for k in repro_a)  # reproducible
-    for name in orch_mod.GENERATORS:
+    for name in rounds_mod.GENERATORS:
         same = torch.equal(default_a[name], default_b[name])
-        assert same == (name not in orch_mod.DP_STREAMS), name
+        assert same == (name not in rounds_mod.DP_STREAMS), name
         assert same == torch.equal(default_a[name], repro_a[name]), name
     default.run()
     resumed = Simulator.resume(

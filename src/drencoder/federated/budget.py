@@ -54,6 +54,24 @@ def relation(config: RunConfig) -> accounting.Relation:
     )
 
 
+def relation_warning(config: RunConfig) -> str | None:
+    """Why this run's relation is weaker than what holds against the aggregator, if it is."""
+    return accounting.relation_warning(
+        relation(config),
+        placement=config.privacy.placement.value,
+        sampling=config.sampling.scheme.value,
+    )
+
+
+def round_label(config: RunConfig, relation_: accounting.Relation, t: int) -> str:
+    """The ledger label of round ``t``: every privacy-relevant choice, in words."""
+    p = config.privacy
+    return (
+        f"round {t}: {p.placement.value} noise, {config.sampling.scheme.value} sampling, "
+        f"clip {p.clip_point.value} at C={p.clip_norm:g}, {relation_.value}"
+    )
+
+
 def statistics_event(release, relation_: accounting.Relation) -> dp_event.DpEvent:
     """The stage-1 release's charge, at sensitivity 2C_s under either relation."""
     event = release.dp_event()

@@ -15,17 +15,8 @@ A checkpoint directory is written under a temporary name and renamed into place,
 ``latest.json`` is replaced only afterwards, so a run killed at any moment leaves the
 previous checkpoint intact. The two newest round directories are kept.
 
-Write-ahead charges. A client's message is a release the moment the client is asked for
-it, whether or not its reply is ever aggregated. The server therefore appends each charge
-to ``pending-charges.jsonl`` (flushed and fsync-ed) *before* it sends the round's tasks, and
-a checkpoint written afterwards absorbs them. When a run is killed between sending and
-its next checkpoint, the resumed run adds the pending charges to the checkpoint's ledger
-before it re-runs those rounds: the interrupted attempt stays charged, and the re-run is
-charged again, with fresh noise (the server reseeds its DP streams from OS entropy, since
-the same noise over a different set of replies would reveal their difference; Flower
-clients draw fresh noise for every task anyway). Each pending line records
-the ledger position its entry took, so a crash between writing a checkpoint and clearing
-the file never charges an entry twice.
+Charges made since the newest checkpoint are in ``pending-charges.jsonl``
+(:mod:`drencoder.federated.charges`).
 """
 
 from __future__ import annotations
@@ -40,7 +31,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from drencoder.accounting import PrivacyLedger
-from drencoder.accounting.ledger import Entry
 from drencoder.errors import CheckpointError
 
 FORMAT = 1
@@ -94,7 +84,7 @@ def save_checkpoint(run_dir: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return final
 
 
-def _damaged(path: Path, problem: str) -> CheckpointError:
+def damaged_file(path: Path, problem: str) -> CheckpointError:
     """The error for a damaged checkpoint file, with the ways out."""
     return CheckpointError(
         f"checkpoint file {path} {problem}; the run directory was left unchanged. Restore the "
@@ -107,24 +97,26 @@ def _read_json(path: Path, *, keys: tuple[str, ...] = ()) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise _damaged(path, "is missing") from None
+        raise damaged_file(path, "is missing") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise _damaged(path, f"cannot be read ({exc})") from None
+        raise damaged_file(path, f"cannot be read ({exc})") from None
     except json.JSONDecodeError as exc:
-        raise _damaged(path, f"is not valid JSON ({exc})") from None
+        raise damaged_file(path, f"is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or any(k not in data for k in keys):
-        raise _damaged(path, f"is not a JSON object with the keys {', '.join(keys)}")
+        raise damaged_file(path, f"is not a JSON object with the keys {', '.join(keys)}")
     return data
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """``load_file`` with a ``CheckpointError`` naming the file when it is missing or corrupt."""
     if not path.is_file():
-        raise _damaged(path, "is missing")
+        raise damaged_file(path, "is missing")
     try:
         return load_file(path)
     except Exception as exc:  # safetensors raises its own SafetensorError (an Exception)
-        raise _damaged(path, f"is truncated or corrupt ({' '.join(str(exc).split())})") from None
+        raise damaged_file(
+            path, f"is truncated or corrupt ({' '.join(str(exc).split())})"
+        ) from None
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
@@ -140,7 +132,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
     latest = _read_json(root / "latest.json", keys=("dir",))
     directory = root / str(latest["dir"])
     if not directory.is_dir() or directory.parent != root:
-        raise _damaged(root / "latest.json", f"names {latest['dir']!r}, which is not in {root}")
+        raise damaged_file(root / "latest.json", f"names {latest['dir']!r}, which is not in {root}")
     state_path = directory / "state.json"
     state = _read_json(state_path, keys=("format", "round", "metrics_rows", "noise_multiplier"))
     if state["format"] != FORMAT:
@@ -153,14 +145,14 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         sigma = state["noise_multiplier"]
         sigma = None if sigma is None else float(sigma)
     except (TypeError, ValueError) as exc:
-        raise _damaged(state_path, f"has a malformed value ({exc})") from None
+        raise damaged_file(state_path, f"has a malformed value ({exc})") from None
     extra = state.get("extra", {})
     if not isinstance(extra, dict):
-        raise _damaged(state_path, f"has extra={extra!r}, expected a JSON object")
+        raise damaged_file(state_path, f"has extra={extra!r}, expected a JSON object")
     try:
         ledger = PrivacyLedger.load(directory / "ledger.json")
     except (CheckpointError, ValueError, TypeError, KeyError) as exc:
-        raise _damaged(directory / "ledger.json", f"is unusable ({exc})") from None
+        raise damaged_file(directory / "ledger.json", f"is unusable ({exc})") from None
     return Checkpoint(
         round=round_,
         global_state=_read_tensors(directory / "adapter.safetensors"),
@@ -170,54 +162,3 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         noise_multiplier=sigma,
         extra=extra,
     )
-
-
-PENDING = "pending-charges.jsonl"
-
-
-def append_pending(run_dir: str | os.PathLike, entry: Entry, *, index: int, relation: str) -> None:
-    """Persist one charge (ledger position ``index``, analysed under ``relation``) before
-    its release happens."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    line = {"index": index, "relation": str(relation), "entry": entry.to_json()}
-    with (root / PENDING).open("a") as f:
-        f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_pending(run_dir: str | os.PathLike, *, after: int, relation: str) -> list[Entry]:
-    """The pending charges whose ledger position is ``>= after`` (not yet in a checkpoint
-    whose ledger has ``after`` entries), in order. A torn last line (a crash while it was
-    written, before its tasks were sent) is ignored; any other damage raises. Charges made
-    under another neighbouring relation than ``relation`` are refused
-    (:class:`CheckpointError`): an event's meaning depends on it."""
-    path = Path(run_dir) / "checkpoints" / PENDING
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        try:
-            data = json.loads(line)
-            index, entry = int(data["index"]), Entry.from_json(data["entry"])
-            made_under = str(data["relation"])
-        except (ValueError, KeyError, TypeError) as exc:
-            if i == len(lines) - 1:
-                break
-            raise _damaged(path, f"has a malformed line {i + 1} ({exc})") from None
-        if made_under != str(relation):
-            raise CheckpointError(
-                f"{path} holds charges made under the {made_under} relation, but this run is "
-                f"accounted under {relation}: they came from an interrupted run with another "
-                "config. Run it again with that config, or choose another --out"
-            )
-        if index >= after:
-            out.append(entry)
-    return out
-
-
-def clear_pending(run_dir: str | os.PathLike) -> None:
-    """Forget the pending charges once a checkpoint holds them."""
-    (Path(run_dir) / "checkpoints" / PENDING).unlink(missing_ok=True)

@@ -20,12 +20,13 @@ Every random choice of the server comes from one of the run's named generators
 checkpoint after which nothing was sent continues exactly where it stopped. When a round's
 tasks had already gone out (pending charges), the DP streams are reseeded from OS entropy
 for the re-run: replaying their noise over a different set of replies would reveal the
-difference. The streams a DP guarantee rests on (:data:`DP_STREAMS`: Poisson
-participation and every Gaussian draw) are seeded from OS entropy; the others from
-``seed``. ``privacy.reproducible_noise = true`` seeds every stream from ``seed`` (research
-only: the run's outputs then say that epsilon does not hold against anyone who knows it).
+difference. The streams a DP guarantee rests on (Poisson participation and every Gaussian
+draw, :data:`~drencoder.federated.rounds.DP_STREAMS`) are seeded from OS entropy; the
+others from ``seed``. ``privacy.reproducible_noise = true`` seeds every stream from
+``seed`` (research only: the outputs then say that epsilon does not hold against anyone
+who knows it).
 
-Privacy charges are written ahead (:func:`~drencoder.federated.checkpoint.append_pending`):
+Privacy charges are written ahead (:mod:`drencoder.federated.charges`):
 a round is charged to the ledger and the charge persisted before its tasks go out, and
 never refunded, whatever comes back.
 """
@@ -53,14 +54,8 @@ from drencoder.errors import (
 )
 from drencoder.evaluation import eval_record, score_multiple_choice
 from drencoder.federated import budget, rundir
-from drencoder.federated.checkpoint import (
-    Checkpoint,
-    append_pending,
-    clear_pending,
-    load_checkpoint,
-    read_pending,
-    save_checkpoint,
-)
+from drencoder.federated.charges import absorb_pending, charge_ahead, clear_pending
+from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.codec_setup import build_codec
 from drencoder.federated.methods import spec_for
 from drencoder.federated.rounds import (
@@ -68,6 +63,8 @@ from drencoder.federated.rounds import (
     RoundPlan,
     derive_seed,
     failure_code,
+    reseed_dp_streams,
+    run_generators,
 )
 from drencoder.federated.runtime import ClientResult, ClientTask
 from drencoder.federated.sampling import sample_clients
@@ -82,15 +79,7 @@ from drencoder.lora import (
     get_adapter_state,
     set_adapter_state,
 )
-from drencoder.mechanisms import GaussianMechanism, noise_generator, reseed_from_entropy
-
-GENERATORS = ("sampling", "data", "train", "noise", "stage1")
-DP_STREAMS = ("sampling", "noise")
-"""The streams a DP guarantee rests on: Poisson participation (``sampling``) and every
-Gaussian draw (``noise``: central noise; in a simulation also the clients' local noise and
-their stage-1 release noise). Seeded from OS entropy unless ``privacy.reproducible_noise``.
-``data``, ``train`` and ``stage1`` (batch order, training seeds, the auto-encoder's
-initialisation and prior samples) protect nothing and stay reproducible from ``seed``."""
+from drencoder.mechanisms import GaussianMechanism
 
 
 class FederatedServer:
@@ -129,20 +118,12 @@ class FederatedServer:
         self.layout = adapter_layout(self.model, sent=self.spec.sent)
         self.global_state = get_adapter_state(self.model)
         self.workload = build_workload(config, self.tokenizer)
-        secret = not config.privacy.reproducible_noise
-        self.generators = {
-            name: noise_generator(
-                None if secret and name in DP_STREAMS else derive_seed(config.seed, name)
-            )
-            for name in GENERATORS
-        }
+        self.generators = run_generators(
+            config.seed, reproducible_noise=config.privacy.reproducible_noise
+        )
         self.release = release_for(config)
         self.relation = budget.relation(config)
-        self.relation_warning = accounting.relation_warning(
-            self.relation,
-            placement=config.privacy.placement.value,
-            sampling=config.sampling.scheme.value,
-        )
+        self.relation_warning = budget.relation_warning(config)
         if self.relation_warning and self.spec.private:
             warnings.warn(self.relation_warning, PrivacyWarning, stacklevel=2)
         self.ledger = accounting.PrivacyLedger(delta=config.delta, relation=self.relation)
@@ -192,55 +173,20 @@ class FederatedServer:
         return self.clients
 
     # -- privacy charges ---------------------------------------------------------------
-    def charge(
-        self,
-        event,
-        *,
-        kind: str,
-        label: str,
-        round: int | None = None,
-        clients=None,
-    ) -> None:
+    def charge(self, event, *, kind: str, label: str, round=None, clients=None) -> None:
         """Record ``event`` in the ledger and persist it before the release it pays for."""
-        entry = self.ledger.record(event, kind=kind, label=label, round=round, clients=clients)
-        append_pending(
-            self.run_dir, entry, index=len(self.ledger) - 1, relation=self.relation.value
+        charge_ahead(
+            self.ledger, self.run_dir, event, kind=kind, label=label, round=round, clients=clients
         )
 
     def charge_round(self, plan: RoundPlan) -> None:
-        """Charge round ``plan.round`` before its tasks are sent (never refunded).
-
-        With local noise every *sampled* client is charged, whether or not its reply
-        arrives in time: a late or lost reply was still released. Central noise charges
-        every client (``clients=None``).
-        """
-        if plan.charge is None:
-            return
-        event, charged = plan.charge
-        p, cfg = self.config.privacy, self.config
-        self.charge(
-            event,
-            kind="round",
-            round=plan.round,
-            clients=charged,
-            label=f"round {plan.round}: {p.placement.value} noise, "
-            f"{cfg.sampling.scheme.value} sampling, clip {p.clip_point.value} at "
-            f"C={p.clip_norm:g}, {self.relation.value}",
-        )
-
-    def _absorb_pending(self, after: int) -> int:
-        """Add charges written ahead by an interrupted attempt (see ``checkpoint``); returns
-        how many there were."""
-        entries = read_pending(self.run_dir, after=after, relation=self.relation.value)
-        for entry in entries:
-            self.ledger.record(
-                entry.event,
-                kind=entry.kind,
-                round=entry.round,
-                clients=entry.clients,
-                label=f"{entry.label} (interrupted attempt, charged again when re-run)",
-            )
-        return len(entries)
+        """Charge round ``plan.round`` before its tasks are sent (never refunded): with local
+        noise every *sampled* client, whether or not its reply arrives; central noise every
+        client."""
+        if plan.charge is not None:
+            event, charged = plan.charge
+            label = budget.round_label(self.config, self.relation, plan.round)
+            self.charge(event, kind="round", round=plan.round, clients=charged, label=label)
 
     # -- metrics -----------------------------------------------------------------------
     def _append(self, row: dict) -> None:
@@ -328,13 +274,12 @@ class FederatedServer:
             )
         rundir.restore_model_state(self, ckpt)
         self.ledger = ckpt.ledger
-        interrupted = self._absorb_pending(after=len(ckpt.ledger))
+        interrupted = absorb_pending(self.ledger, self.run_dir, after=len(ckpt.ledger))
         if interrupted and not self.config.privacy.reproducible_noise:
             # A round's tasks went out after this checkpoint. Replaying the checkpointed
             # noise over a different set of replies (a dropout, a late reply) would reveal
             # their difference, so the re-run draws fresh noise and participation.
-            for name in DP_STREAMS:
-                reseed_from_entropy(self.generators[name])
+            reseed_dp_streams(self.generators)
         self.round = ckpt.round
         self.noise_multiplier = ckpt.noise_multiplier
         self.sigma_source = ckpt.extra.get("sigma_source", "config")
@@ -376,7 +321,7 @@ class FederatedServer:
         self.metrics_path.write_text("")
         # An earlier start of this directory may have released stage-1 statistics before
         # it was killed: those charges stay.
-        self._absorb_pending(after=0)
+        absorb_pending(self.ledger, self.run_dir, after=0)
         self._plan_noise()
         self.evaluate()
         codec_dir = self.run_dir / "checkpoints" / "codec"

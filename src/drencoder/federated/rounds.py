@@ -1,5 +1,5 @@
 """What travels between the server and its clients in a round, whatever carries it:
-the round plan, the client-pool interface, and the seeds the server derives.
+the round plan, the client-pool interface, and the server's named random streams.
 
 :class:`~drencoder.federated.orchestration.FederatedServer` plans rounds and hands them to
 a :class:`ClientPool`: the in-process simulator or Flower SuperNodes.
@@ -18,7 +18,7 @@ from drencoder.codecs import Codec
 from drencoder.errors import DrencoderError
 from drencoder.federated.runtime import ClientResult, ClientTask
 from drencoder.federated.stage1 import Stage1Task
-from drencoder.mechanisms import GaussianMechanism
+from drencoder.mechanisms import GaussianMechanism, noise_generator, reseed_from_entropy
 from drencoder.prior import ClientStatistics
 
 StatisticsReply = tuple[ClientStatistics, float | None]
@@ -29,6 +29,32 @@ def derive_seed(seed: int, name: str) -> int:
     """A 63-bit seed for the named stream, stable across machines and versions."""
     digest = hashlib.sha256(f"drencoder/{seed}/{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+GENERATORS = ("sampling", "data", "train", "noise", "stage1")
+DP_STREAMS = ("sampling", "noise")
+"""The streams a DP guarantee rests on: Poisson participation (``sampling``) and every
+Gaussian draw (``noise``: central noise; in a simulation also the clients' local noise and
+their stage-1 release noise). Seeded from OS entropy unless ``privacy.reproducible_noise``.
+``data``, ``train`` and ``stage1`` (batch order, training seeds, the auto-encoder's
+initialisation and prior samples) protect nothing and stay reproducible from ``seed``."""
+
+
+def run_generators(seed: int, *, reproducible_noise: bool) -> dict[str, torch.Generator]:
+    """The run's named generators: :data:`DP_STREAMS` from OS entropy (or, research only,
+    from ``seed``), the others from ``seed``."""
+    return {
+        name: noise_generator(
+            derive_seed(seed, name) if reproducible_noise or name not in DP_STREAMS else None
+        )
+        for name in GENERATORS
+    }
+
+
+def reseed_dp_streams(generators: Mapping[str, torch.Generator]) -> None:
+    """Fresh OS entropy for :data:`DP_STREAMS`, in place (a round re-run after a resume)."""
+    for name in DP_STREAMS:
+        reseed_from_entropy(generators[name])
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,8 @@ from tqdm.auto import tqdm
 
 from drencoder.codecs import Codec
 from drencoder.errors import ClientDropoutWarning
-from drencoder.federated.orchestration import (
-    GENERATORS,
-    FederatedServer,
-)
-from drencoder.federated.rounds import RoundPlan, StatisticsReply, derive_seed
+from drencoder.federated.orchestration import FederatedServer
+from drencoder.federated.rounds import GENERATORS, RoundPlan, StatisticsReply, derive_seed
 from drencoder.federated.runtime import ClientResult, ClientRuntime
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.mechanisms import GaussianMechanism
