@@ -1,7 +1,7 @@
 """Update codecs: the ``Codec`` protocol, identity, random projection, random-prior AEs.
 
 Every codec maps a flat update vector (``drencoder.lora.layout``) to a latent and back, and
-saves as safetensors + JSON (:func:`load_codec`). See DESIGN.md §2 and §5.
+saves as safetensors + JSON (:func:`load_codec`). See docs/codecs.md.
 """
 
 from drencoder.codecs.autoencoder import (

@@ -1,4 +1,4 @@
-"""Random-prior auto-encoder codecs (DESIGN.md §2 stage 1 step 3, paper.md §2.4).
+"""Random-prior auto-encoder codecs (DR-Encoder stage 1; docs/codecs.md).
 
 Two networks behind one :class:`AutoencoderCodec` base, both with latent size set by the
 compression ratio (default 1/64) and trained only on synthetic prior samples
@@ -14,7 +14,7 @@ compression ratio (default 1/64) and trained only on synthetic prior samples
   stride-2 stages shrink H·W by 4^stages, so ``latent_channels = ratio · 4^stages`` must be
   a whole number (1/64: 3 stages → 1 channel, 4 → 4, 6 → 64 as in CG-FedLLM).
 
-Normalisation (our reading, paper.md §5 D7), :class:`Normalization`:
+Normalisation (a choice the paper leaves open; docs/codecs.md), :class:`Normalization`:
 
 - ``block`` (default): per layout block, subtract the prior's mean and divide by its std
   before encoding; undo after decoding. LoRA updates are O(1e-3) and their blocks differ

@@ -1,6 +1,6 @@
 """The one ``Codec`` interface every update compressor implements, and its file format.
 
-A codec maps a flat update vector (``Layout`` order, DESIGN.md §2 stage 2 step 3) of
+A codec maps a flat update vector (``Layout`` order, the encode step of a round; docs/codecs.md) of
 dimension ``input_dim`` to a latent of dimension ``latent_dim`` and back:
 
 - ``encode(x)``: ``[d] -> [k]`` or ``[n, d] -> [n, k]``; ``decode(z)`` the reverse. Both are
@@ -14,7 +14,7 @@ dimension ``input_dim`` to a latent of dimension ``latent_dim`` and back:
   a codec cannot execute code.
 
 New codecs subclass :class:`Codec` and register with :func:`register_codec` (one explicit
-registry, STYLE.md habit 3; the registry key is the class's ``name``).
+registry, no dispatch on types; the registry key is the class's ``name``).
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def check_compression_ratio(compression_ratio: float) -> float:
 def latent_dim_for(input_dim: int, *, compression_ratio: float = DEFAULT_COMPRESSION_RATIO) -> int:
     """``ceil(input_dim · compression_ratio)``, at least 1 (the ratio is read as a fraction).
 
-    The default 1/64 is CG-FedLLM's (paper.md §2.4). Chunked codecs apply this to the chunk
-    size, so their total latent is ``n_chunks · latent_dim_for(chunk)``.
+    The default 1/64 is that of CG-FedLLM (arXiv:2405.13746), DR-Encoder's predecessor.
+    Chunked codecs apply this to the chunk size, so their total latent is
+    ``n_chunks · latent_dim_for(chunk)``.
     """
     if int(input_dim) != input_dim or input_dim < 1:
         raise ConfigError(f"input_dim must be a positive integer, got input_dim={input_dim!r}")
@@ -112,7 +113,7 @@ class Codec(ABC):
         """What a client needs to encode: ``state_dict()`` without the decoder's tensors.
 
         :meth:`from_saved` accepts it in place of the whole state; the codec it rebuilds
-        encodes and refuses to decode (the decoder stays on the server, DESIGN §2).
+        encodes and refuses to decode (the decoder stays on the server; docs/threat-model.md).
         """
         return {k: v for k, v in self.state_dict().items() if ".decoder." not in k}
 

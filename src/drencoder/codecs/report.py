@@ -1,8 +1,8 @@
 """How well a codec reconstructs a batch of update vectors, and how fast: pure functions.
 
-DESIGN.md §2 ("measure it, do not assume it") asks for the reconstruction quality of every
-codec at the same latent size k, on real client updates as well as on prior samples. For
-one codec and a batch ``x`` of flat update vectors ``[n, d]``:
+The design asks to measure, not assume, the reconstruction quality of every codec
+(docs/codecs.md) at the same latent size k, on real client updates as well as on prior
+samples. For one codec and a batch ``x`` of flat update vectors ``[n, d]``:
 
 - :func:`reconstruction`: per vector, the relative error ``‖x − Dec(Enc(x))‖ / ‖x‖`` and
   the cosine similarity between ``x`` and its reconstruction, each averaged over the

@@ -1,20 +1,21 @@
-"""Training a random-prior auto-encoder on synthetic samples only (DESIGN.md §2 stage 1).
+"""Training a random-prior auto-encoder on synthetic samples only (DR-Encoder stage 1).
 
 :func:`train_autoencoder` takes its data from a :class:`~drencoder.prior.PriorSampler` and
 from nothing else: the argument is type-checked, so real client updates cannot reach the
-encoder's training by accident (encoder leakage, DESIGN.md §1 item 2). Every batch is a
-fresh draw from the sampler, with the caller's generator.
+encoder's training by accident (encoder leakage: an encoder trained on real updates can
+memorise them; docs/codecs.md). Every batch is a fresh draw from the sampler, with the
+caller's generator.
 
 Objective and optimiser: MSE (in the codec's normalised space) and Adam with lr 2e-4, the
-predecessor's values (paper.md §2.4). The predecessor states neither steps nor batch size.
-Ours default to 200 steps of ``codec.default_samples_per_step()`` samples (at least 256
+predecessor's values (CG-FedLLM, arXiv:2405.13746), which states neither steps nor
+batch size. Ours default to 200 steps of ``codec.default_samples_per_step()`` samples (at least 256
 chunk rows for the MLP: two SmolLM2-sized samples, 450 chunks of 4096, per step). At
 d = 921,600 that took 10 s on 2 idle CPU threads (20 s on a loaded machine) and brought the
 loss to within 0.1 % of the linear optimum on the prior (``benchmarks/codec_speed.py``
 measures it). That optimum
 is modest: on i.i.d. Gaussian inputs there is little structure to learn, and an optimal
 linear auto-encoder of a standardised chunk keeps only a fraction k_c/c (1/64) of its
-energy. DESIGN.md asks to measure, not assume, what it does on real updates.
+energy. docs/codecs.md measures, rather than assumes, what it does on real updates.
 
 Deterministic: the samples come from ``generator``, weight init from a seed drawn by the
 codec's constructor, and the order of operations is fixed; the global RNG is not used.

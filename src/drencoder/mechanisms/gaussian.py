@@ -1,8 +1,8 @@
-"""The client-level Gaussian mechanism of stage 2 (DESIGN.md §2 stage 2 steps 4-5, §3).
+"""The client-level Gaussian mechanism of stage 2 (clip and noise; docs/privacy.md).
 
 One object holds C (``clip_norm``), σ (``noise_multiplier``) and the noise placement. It is
 used on both sides of the wire, and it *describes* itself with a ``dp_accounting`` event
-(STYLE.md habit 1); it never computes ε.
+(describe, then account); it never computes ε.
 
 - client: :meth:`GaussianMechanism.privatize` clips each message to norm ≤ C and, for
   ``local`` placement, adds N(0, σ²C²I);
@@ -127,7 +127,7 @@ class GaussianMechanism:
         ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))`` for ``central`` + ``poisson`` at
         q < 1; ``GaussianDpEvent(σ)`` otherwise, no amplification claimed. For ``local``
         placement the server knows who took part, so the event is charged per participation
-        (DESIGN.md §3). ``sample_rate`` is accepted for every placement so that callers need
+        (docs/privacy.md). ``sample_rate`` is accepted for every placement so that callers need
         not branch; ``None`` (unknown) claims no amplification, which is conservative.
         """
         return round_event(
