@@ -64,6 +64,29 @@ def make_tiny_llama(seed: int = 0, *, vocab_size: int = len(TINY_VOCAB)):
     return model
 
 
+def tiny_simulator(run_dir, overrides, *, hook=None):
+    """A Simulator of the smoke preset plus ``overrides``, on a fresh tiny model."""
+    from drencoder.config import load_config
+    from drencoder.federated.simulator import Simulator
+
+    return Simulator(
+        load_config(preset="smoke", overrides=list(overrides)),
+        run_dir,
+        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        progress=False,
+        hook=hook,
+    )
+
+
+def resume_tiny_simulator(run_dir):
+    """``Simulator.resume(run_dir)`` on a fresh tiny model."""
+    from drencoder.federated.simulator import Simulator
+
+    return Simulator.resume(
+        run_dir, model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()), progress=False
+    )
+
+
 @pytest.fixture
 def tiny_tokenizer():
     return make_tiny_tokenizer()

@@ -25,6 +25,17 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, n
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """The tiny random model saved as a local Hugging Face folder."""
+    from conftest import make_tiny_llama, make_tiny_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama().save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    return model_dir
+
+
 def test_out_or_resume_is_required(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run"])
@@ -33,12 +44,8 @@ def test_out_or_resume_is_required(capsys):
 
 
 @pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
-def test_run_then_resume_from_the_command_line(tmp_path, capsys):
-    from conftest import make_tiny_llama, make_tiny_tokenizer
-
-    model_dir = tmp_path / "tiny"
-    make_tiny_llama().save_pretrained(model_dir)
-    make_tiny_tokenizer().save_pretrained(model_dir)
+def test_run_then_resume_from_the_command_line(tmp_path, capsys, tiny_model_dir):
+    model_dir = tiny_model_dir
     out = tmp_path / "run"
     argv = ["run", "--preset", "smoke", "--set", f'model.name="{model_dir}"']
     assert main([*argv, "--set", "method=dp-fedavg-lora", "--out", str(out), "--no-progress"]) == 0
@@ -81,14 +88,12 @@ def test_the_replaced_secure_rng_key_says_what_to_do(capsys, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
-def test_a_reproducible_run_says_epsilon_does_not_hold_against_the_seed(tmp_path, capsys):
+def test_a_reproducible_run_says_epsilon_does_not_hold_against_the_seed(
+    tmp_path, capsys, tiny_model_dir
+):
     import json
 
-    from conftest import make_tiny_llama, make_tiny_tokenizer
-
-    model_dir = tmp_path / "tiny"
-    make_tiny_llama().save_pretrained(model_dir)
-    make_tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = tiny_model_dir
     out = tmp_path / "run"
     argv = ["run", "--preset", "smoke", "--set", f'model.name="{model_dir}"']
     argv += ["--set", "method=dp-fedavg-lora", "--reproducible-noise", "--no-progress"]

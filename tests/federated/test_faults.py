@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
-from drencoder.config import load_config
+from conftest import tiny_simulator
 from drencoder.errors import ClientDropoutWarning
-from drencoder.federated.simulator import Simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -24,14 +22,7 @@ BASE = [
 
 
 def make(tmp_path, *overrides, hook=None):
-    cfg = load_config(preset="smoke", overrides=[*BASE, *overrides])
-    return Simulator(
-        cfg,
-        tmp_path / "run",
-        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
-        progress=False,
-        hook=hook,
-    )
+    return tiny_simulator(tmp_path / "run", [*BASE, *overrides], hook=hook)
 
 
 class ClientCrashed(Exception):

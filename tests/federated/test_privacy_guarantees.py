@@ -20,13 +20,12 @@ import torch
 from dp_accounting.pld import pld_privacy_accountant
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
+from conftest import resume_tiny_simulator, tiny_simulator
 from drencoder.config import load_config
 from drencoder.federated import runtime as runtime_mod
 from drencoder.federated.charges import read_pending
 from drencoder.federated.checkpoint import load_checkpoint
 from drencoder.federated.rounds import DP_STREAMS, derive_seed
-from drencoder.federated.simulator import Simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -34,20 +33,11 @@ BASE = ["rounds=2", "clients=3", "local.lr=0.01", "eval.questions=4", "eval.ever
 
 
 def make(tmp_path, *overrides, name="run", hook=None):
-    cfg = load_config(preset="smoke", overrides=[*BASE, *overrides])
-    return Simulator(
-        cfg,
-        tmp_path / name,
-        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
-        progress=False,
-        hook=hook,
-    )
+    return tiny_simulator(tmp_path / name, [*BASE, *overrides], hook=hook)
 
 
 def resume(run_dir):
-    return Simulator.resume(
-        run_dir, model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()), progress=False
-    )
+    return resume_tiny_simulator(run_dir)
 
 
 class Killed(Exception):

@@ -9,11 +9,9 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
-from drencoder.config import load_config
+from conftest import make_tiny_llama, resume_tiny_simulator, tiny_simulator
 from drencoder.federated import rounds as rounds_mod
 from drencoder.federated import runtime as runtime_mod
-from drencoder.federated.simulator import Simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -21,14 +19,7 @@ BASE = ["rounds=3", "clients=3", "local.lr=0.01", "eval.questions=4", "eval.ever
 
 
 def make(tmp_path, *overrides, name="run", hook=None):
-    cfg = load_config(preset="smoke", overrides=[*BASE, *overrides])
-    return Simulator(
-        cfg,
-        tmp_path / name,
-        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
-        progress=False,
-        hook=hook,
-    )
+    return tiny_simulator(tmp_path / name, [*BASE, *overrides], hook=hook)
 
 
 def rows(run_dir):
@@ -121,11 +112,7 @@ def test_resume_after_a_kill_mid_round_is_bit_identical(tmp_path, method):
     broken = make(tmp_path, *opts, name="broken", hook=kill)
     with pytest.raises(Killed):
         broken.run()
-    resumed = Simulator.resume(
-        tmp_path / "broken",
-        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
-        progress=False,
-    )
+    resumed = resume_tiny_simulator(tmp_path / "broken")
     assert resumed.round == 1
     resumed.run()
     a = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
@@ -151,9 +138,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path):
     sim = make(tmp_path, "method=dp-fedavg-lora")
     sim.run()
     before = (sim.run_dir / "metrics.jsonl").read_text()
-    again = Simulator.resume(
-        sim.run_dir, model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()), progress=False
-    )
+    again = resume_tiny_simulator(sim.run_dir)
     again.run()
     assert (sim.run_dir / "metrics.jsonl").read_text() == before
 
@@ -260,11 +245,7 @@ def test_dp_streams_come_from_os_entropy_unless_reproducible_and_resume_continue
         assert same == (name not in rounds_mod.DP_STREAMS), name
         assert same == torch.equal(default_a[name], repro_a[name]), name
     default.run()
-    resumed = Simulator.resume(
-        default.run_dir,
-        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
-        progress=False,
-    )
+    resumed = resume_tiny_simulator(default.run_dir)
     saved = load_checkpoint(default.run_dir).rng_states
     assert all(torch.equal(resumed.generators[k].get_state(), saved[k]) for k in saved)
     assert torch.equal(saved["noise"], default.generators["noise"].get_state())
