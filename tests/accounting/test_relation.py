@@ -213,3 +213,47 @@ def test_gdp_mu_doubles_under_replace_one():
     event = A.repeated(G(2.0), 9)
     assert A.gdp_mu(event)[0] == pytest.approx(1.5)
     assert A.gdp_mu(event, relation="replace-one")[0] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("rounds", "target", "sigma_add_remove", "epsilon_replace_one"),
+    [
+        (6, 8.0, 1.481, 19.12),  # the default run (docs/privacy.md)
+        (3, 8.0, 1.047, 19.12),  # docs/results.md, rows labelled 8 (dr-encoder)
+        (3, 2.0, 3.766, 4.393),  # docs/results.md, rows labelled 2 (dr-encoder)
+    ],
+)
+def test_the_numbers_the_docs_quote(rounds, target, sigma_add_remove, epsilon_replace_one):
+    """σ as runs calibrated it before replace-one (stage-1 release Gaussian(5) plus T local
+    rounds, add-remove, PLD, δ = 1e-5), and the ε that σ really gives against the server."""
+    import dp_accounting
+
+    from drencoder import accounting
+
+    def run(sigma):
+        rounds_event = dp_accounting.SelfComposedDpEvent(
+            dp_accounting.GaussianDpEvent(sigma), rounds
+        )
+        return dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(5.0), rounds_event])
+
+    sigma = accounting.calibrate(
+        run, target_epsilon=target, delta=1e-5, accountant="pld", relation="add-remove"
+    )
+    assert sigma == pytest.approx(sigma_add_remove, rel=2e-3)
+    replaced = accounting.epsilon(run(sigma), delta=1e-5, accountant="pld", relation="replace-one")
+    assert replaced == pytest.approx(epsilon_replace_one, rel=2e-3)
+    if rounds == 6:  # the σ the default run calibrates now, under replace-one
+        now = accounting.calibrate(
+            run, target_epsilon=target, delta=1e-5, accountant="pld", relation="replace-one"
+        )
+        assert now == pytest.approx(3.03, rel=2e-3)
+
+
+def test_the_statistics_release_alone_costs_what_its_docstring_says():
+    import dp_accounting
+
+    from drencoder import accounting
+
+    event = dp_accounting.GaussianDpEvent(5.0)  # prior/release.py: sigma_s = 5
+    eps = accounting.epsilon(event, delta=1e-5, accountant="pld", relation="replace-one")
+    assert eps == pytest.approx(1.55, abs=0.01)
