@@ -44,15 +44,14 @@ def holds_against(cfg) -> str:
     else:
         who = (
             "other clients and anyone with the outputs; NOT the aggregator, which sees each "
-            "clipped, un-noised message (valid with a trusted aggregator or secure "
-            "aggregation)"
+            "clipped, un-noised message (with secure aggregation, their un-noised sum)"
         )
     if cfg.privacy.reproducible_noise:
         who += "; not against anyone who knows the seed"
     return who
 
 
-def not_covered(cfg, relation: str) -> list[str]:
+def not_covered(relation: str) -> list[str]:
     """The parts of a run directory that no epsilon covers (keep them private)."""
     out = [
         "checkpoints/: the exact global adapters and the generator states that drew the noise "
@@ -93,7 +92,7 @@ def summarize(sim: FederatedServer) -> dict:
                 "holds_against": holds_against(cfg),
                 "noise_seed": noise_seed_statement(cfg),
                 "reproducible_noise": cfg.privacy.reproducible_noise,
-                "not_covered": not_covered(cfg, sim.relation.value),
+                "not_covered": not_covered(sim.relation.value),
                 "noise_multiplier": sim.noise_multiplier,
                 "sigma_source": sim.sigma_source,
                 "clip_norm": cfg.privacy.clip_norm,
