@@ -82,7 +82,11 @@ class DataConfig:
     batch_size: int = field(default=8, metadata=_help("Local batch size.", ge=1))
     loss_on: LossOn = field(
         default=LossOn.ANSWER,
-        metadata=_help("Training loss on the answer token only (answer) or the whole text (full)."),
+        metadata=_help(
+            "Training loss: the answer token over the whole vocabulary (answer), the "
+            "answer letter against the other choices' letters only (letters), or every "
+            "token (full)."
+        ),
     )
 
 

@@ -14,7 +14,10 @@ default) and the answer is ``fmt.target(item)`` (``" B"``). Tokenisation:
 shifts them), ``-100`` where no loss is taken. ``LossOn.ANSWER`` (default) takes the loss
 only on the answer tokens: the model learns the task, not to reproduce question text,
 which is the cheaper and less memorising objective and matches what the scorer reads.
-``LossOn.FULL`` takes it on every token. No EOS is appended: nothing after the letter is
+``LossOn.FULL`` takes it on every token. ``LossOn.LETTERS`` takes it on the letter token
+only, as a cross-entropy over the choices' letter tokens (the example carries
+``choice_ids``, one token id per choice): it trains exactly the comparison the scorer
+makes, instead of spending the gradient on the rest of the vocabulary. No EOS is appended: nothing after the letter is
 ever scored.
 
 Truncation to ``max_length`` keeps the *end* of the prompt (where the question and the
@@ -29,7 +32,7 @@ from enum import StrEnum
 
 import torch
 
-from drencoder.data.items import MCItem, PromptFormat, parse_enum
+from drencoder.data.items import LETTERS, MCItem, PromptFormat, parse_enum
 from drencoder.errors import ConfigError
 
 IGNORE_INDEX = -100
@@ -40,6 +43,7 @@ class LossOn(StrEnum):
 
     ANSWER = "answer"
     FULL = "full"
+    LETTERS = "letters"
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
@@ -53,6 +57,27 @@ def answer_token_ids(tokenizer, letter: str, *, fmt: PromptFormat) -> list[int]:
     if not ids:
         raise ConfigError(f"the tokenizer encodes answer {letter!r} to no tokens")
     return ids
+
+
+def letter_token_ids(
+    tokenizer, *, fmt: PromptFormat, n_choices: int
+) -> tuple[list[int], list[int]]:
+    """``(prefix, ids)``: the tokens shared before every letter, and one id per letter.
+
+    The letter token of ``X`` is the last token of ``fmt.answer_delimiter + X``; the tokens
+    before it must be the same for every letter (the scorer appends them to the prompt).
+    """
+    encoded = [answer_token_ids(tokenizer, c, fmt=fmt) for c in LETTERS[:n_choices]]
+    prefixes = {tuple(e[:-1]) for e in encoded}
+    if len(prefixes) != 1:
+        raise ConfigError(
+            f"answer letters tokenize with different leading tokens {sorted(prefixes)}; "
+            f"this tokenizer cannot be scored letter by letter"
+        )
+    ids = [e[-1] for e in encoded]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"answer letters share token ids {ids}; cannot tell them apart")
+    return list(prefixes.pop()), ids
 
 
 def leading_special_count(tokenizer, ids: Sequence[int]) -> int:
@@ -99,9 +124,16 @@ def build_example(
         n_lead=leading_special_count(tokenizer, prompt),
     )
     input_ids = prompt + answer
-    answer_only = loss_on is LossOn.ANSWER
-    labels = [IGNORE_INDEX] * len(prompt) + answer if answer_only else list(input_ids)
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+    example = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids)}
+    if loss_on is LossOn.FULL:
+        example["labels"] = list(input_ids)
+    elif loss_on is LossOn.ANSWER:
+        example["labels"] = [IGNORE_INDEX] * len(prompt) + answer
+    else:  # LETTERS: the letter token only, scored against the other choices' letters
+        example["labels"] = [IGNORE_INDEX] * (len(input_ids) - 1) + answer[-1:]
+        _, ids = letter_token_ids(tokenizer, fmt=fmt, n_choices=len(item.choices))
+        example["choice_ids"] = ids
+    return example
 
 
 def build_examples(
@@ -151,4 +183,12 @@ def collate(
             ex.get("attention_mask", [1] * n), dtype=torch.long
         )
         out["labels"][row, :n] = torch.as_tensor(labels, dtype=torch.long)
+    choices = [e.get("choice_ids") for e in examples]
+    if any(c is not None for c in choices):
+        if any(c is None for c in choices) or len({len(c) for c in choices}) != 1:
+            raise ConfigError(
+                "a batch mixes examples with and without choice_ids, or with different "
+                "numbers of choices; build them with the same loss_on and task"
+            )
+        out["choice_ids"] = torch.as_tensor(choices, dtype=torch.long)
     return out

@@ -33,10 +33,10 @@ import torch
 from tqdm.auto import tqdm
 
 from drencoder.data.examples import (
-    answer_token_ids,
     encode_prompt,
     keep_prompt_end,
     leading_special_count,
+    letter_token_ids,
     pad_token_id,
 )
 from drencoder.data.items import LETTERS, MCItem, PromptFormat
@@ -65,23 +65,6 @@ class MCResult:
             "per_subject": dict(self.per_subject),
             "per_subject_n": dict(self.per_subject_n),
         }
-
-
-def letter_token_ids(
-    tokenizer, *, fmt: PromptFormat, n_choices: int
-) -> tuple[list[int], list[int]]:
-    """``(prefix, ids)``: the tokens shared before every letter, and one id per letter."""
-    encoded = [answer_token_ids(tokenizer, c, fmt=fmt) for c in LETTERS[:n_choices]]
-    prefixes = {tuple(e[:-1]) for e in encoded}
-    if len(prefixes) != 1:
-        raise ConfigError(
-            f"answer letters tokenize with different leading tokens {sorted(prefixes)}; "
-            f"this tokenizer cannot be scored letter by letter"
-        )
-    ids = [e[-1] for e in encoded]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"answer letters share token ids {ids}; cannot tell them apart")
-    return list(prefixes.pop()), ids
 
 
 def score_multiple_choice(

@@ -8,6 +8,8 @@
 * ``adapter_delta`` / ``apply_delta`` / ``assert_adapter_changed``: the update Δ and the
   check that training really moved the adapter.
 * ``TrainSettings`` / ``train_local``: the client's local optimizer steps.
+* ``prefix_cached``: with adapters only on the top layers, a model that reads the frozen
+  prefix's hidden states from a cache and runs only the top (exact).
 * ``load_adapter``: a saved PEFT adapter folder (``run_dir/adapter``) onto a base model.
 """
 
@@ -24,6 +26,7 @@ from drencoder.lora.adapter import (
     trainable_keys,
 )
 from drencoder.lora.layout import Block, Layout, natural_key
+from drencoder.lora.prefix import PrefixCachedLM, StateStore, prefix_cached
 from drencoder.lora.saved import load_adapter
 from drencoder.lora.settings import LoraSettings, SentBlocks
 from drencoder.lora.training import OptimizerName, TrainingError, TrainSettings, train_local
@@ -34,7 +37,9 @@ __all__ = [
     "Layout",
     "LoraSettings",
     "OptimizerName",
+    "PrefixCachedLM",
     "SentBlocks",
+    "StateStore",
     "TrainSettings",
     "TrainingError",
     "adapter_delta",
@@ -46,6 +51,7 @@ __all__ = [
     "get_adapter_state",
     "load_adapter",
     "natural_key",
+    "prefix_cached",
     "set_adapter_state",
     "train_local",
     "trainable_keys",

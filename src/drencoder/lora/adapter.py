@@ -100,6 +100,31 @@ def _check_targets(model: torch.nn.Module, targets: Iterable[str]) -> None:
         )
 
 
+def num_decoder_layers(model: torch.nn.Module) -> int:
+    """The number of decoder layers of a causal LM (``config.num_hidden_layers``)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    n = getattr(config, "num_hidden_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(
+            f"cannot tell how many decoder layers {type(model).__name__} has (no "
+            "config.num_hidden_layers); use lora layers = 'all'"
+        )
+    return n
+
+
+def adapted_layers(peft_model) -> tuple[int, ...]:
+    """The sorted decoder-layer indices that carry a LoRA matrix (``.layers.<i>.`` keys)."""
+    found = set()
+    for key in _adapter_params(peft_model):
+        parts = key.split(".")
+        for i in range(len(parts) - 1):
+            if parts[i] == "layers" and parts[i + 1].isdigit():
+                found.add(int(parts[i + 1]))
+                break
+    return tuple(sorted(found))
+
+
 def attach_lora(
     model: torch.nn.Module,
     settings: LoraSettings,
@@ -128,6 +153,7 @@ def attach_lora(
     if any(p.device.type == "meta" for p in model.parameters()):
         raise ConfigError("the model has parameters on the meta device; materialise it first")
     _check_targets(model, settings.target_modules)
+    layers = None if settings.layers == "all" else settings.layer_indices(num_decoder_layers(model))
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
@@ -136,6 +162,8 @@ def attach_lora(
         bias="none",
         task_type="CAUSAL_LM",
         init_lora_weights=True,
+        layers_to_transform=None if layers is None else list(layers),
+        layers_pattern=None if layers is None else "layers",
     )
     was_training = model.training
     with seeded(seed, model), warnings.catch_warnings():

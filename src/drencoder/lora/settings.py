@@ -35,6 +35,25 @@ class SentBlocks(StrEnum):
             raise ConfigError(f"sent must be one of {valid}, got sent={value!r}") from None
 
 
+def _parse_layers(value) -> str:
+    """The canonical form of ``layers``: ``"all"``, ``"top:N"`` (N >= 1) or ``"i,j,..."``
+    (distinct layer indices >= 0, sorted)."""
+    if isinstance(value, str):
+        text = value.replace(" ", "").lower()
+        head, _, count = text.partition(":")
+        if text == "all":
+            return "all"
+        if head == "top" and count.isdigit() and int(count) >= 1:
+            return f"top:{int(count)}"
+        parts = text.split(",")
+        if text and all(p.isdigit() for p in parts) and len(set(map(int, parts))) == len(parts):
+            return ",".join(str(i) for i in sorted(map(int, parts)))
+    raise ConfigError(
+        "lora layers must be 'all', 'top:N' with N >= 1, or a comma-separated list of "
+        f"distinct layer indices such as '28,29', got layers={value!r}"
+    )
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """LoRA hyper-parameters; ``train_a=False`` selects FFA-LoRA."""
@@ -59,6 +78,15 @@ class LoraSettings:
         metadata={
             "help": "Names (suffixes) of the linear layers that get an adapter, e.g. "
             "q_proj, k_proj, v_proj, o_proj for Llama/Qwen2/Mistral/Gemma attention."
+        },
+    )
+    layers: str = field(
+        default="all",
+        metadata={
+            "help": "Decoder layers that get adapters: 'all' (default), 'top:N' (the last N "
+            "layers) or comma-separated layer indices ('28,29'). With adapters only above a frozen prefix, "
+            "the prefix's hidden states are computed once per example and cached "
+            "(model.prefix_cache), so training and scoring run only the adapted top."
         },
     )
     train_a: bool = field(
@@ -100,11 +128,32 @@ class LoraSettings:
             )
         if len(set(modules)) != len(modules):
             raise ConfigError(f"lora target_modules has duplicates, got target_modules={modules!r}")
+        object.__setattr__(self, "layers", _parse_layers(self.layers))
         if not isinstance(self.train_a, bool):
             raise ConfigError(f"lora train_a must be true or false, got train_a={self.train_a!r}")
         object.__setattr__(self, "target_modules", tuple(modules))
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "dropout", float(self.dropout))
+
+    def layer_indices(self, num_layers: int) -> tuple[int, ...] | None:
+        """The adapted decoder layers of a model with ``num_layers`` layers (None = all)."""
+        if self.layers == "all":
+            return None
+        if self.layers.startswith("top:"):
+            n = int(self.layers.split(":", 1)[1])
+            if n > num_layers:
+                raise ConfigError(
+                    f"lora layers={self.layers!r} asks for more layers than the model's "
+                    f"{num_layers}"
+                )
+            return tuple(range(num_layers - n, num_layers))
+        indices = tuple(int(i) for i in self.layers.split(","))
+        bad = [i for i in indices if i >= num_layers]
+        if bad:
+            raise ConfigError(
+                f"lora layers {bad} do not exist: the model has layers 0..{num_layers - 1}"
+            )
+        return indices
 
     @property
     def scaling(self) -> float:

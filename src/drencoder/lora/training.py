@@ -13,8 +13,10 @@ Choices:
 * Batches are used in order, one per step, starting over from the beginning when the
   iterable is exhausted (a list or a ``DataLoader``; a one-shot generator that runs out
   raises ``ConfigError``). Each batch is a mapping with ``input_ids``, ``labels`` and
-  optionally ``attention_mask``; label -100 is ignored. The loss is the model's own
-  shifted cross-entropy, averaged over the batch's non-ignored tokens.
+  optionally ``attention_mask`` and ``choice_ids``; label -100 is ignored. The loss is the
+  model's own shifted cross-entropy, averaged over the batch's non-ignored tokens; with
+  ``choice_ids`` (``data.loss_on = "letters"``) it is the cross-entropy of the labelled
+  letter over the logits of the choices' letters only (:func:`letters_cross_entropy`).
 * Randomness (LoRA dropout, any dropout in the base model) is drawn inside a forked RNG
   scope seeded with ``seed``: the run is a function of its inputs and the caller's global
   RNG state is untouched. With the defaults no random numbers are drawn at all.
@@ -112,13 +114,50 @@ def _prepare(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[st
             f"a training batch must be a mapping with input_ids, labels and optionally "
             f"attention_mask, got {keys}"
         )
-    out = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels") if k in batch}
+    keys = ("input_ids", "attention_mask", "labels", "choice_ids")
+    out = {k: batch[k].to(device) for k in keys if k in batch}
     if not (out["labels"][..., 1:] != -100).any():
         raise ConfigError(
             "a training batch has no label to predict (every label after the first "
             "position is -100); drop such batches before training"
         )
     return out
+
+
+def letters_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, choice_ids: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of ``targets`` among ``choice_ids``, from next-token ``logits``.
+
+    ``logits`` ``[N, vocab]`` at the N labelled positions, ``targets`` ``[N]`` the letter
+    token ids, ``choice_ids`` ``[N, C]`` the letter token of every choice; each target must
+    be one of its row's choices.
+    """
+    match = choice_ids == targets[:, None]
+    if not bool(match.any(1).all()):
+        raise ConfigError("a labelled letter is not among its example's choice_ids")
+    picked = logits.float().gather(1, choice_ids)
+    return torch.nn.functional.cross_entropy(picked, match.float().argmax(1))
+
+
+def batch_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss of one prepared batch (see the module docstring).
+
+    A model that takes ``choice_ids`` itself (``accepts_choice_ids``, the prefix-cached
+    top of :mod:`drencoder.lora.prefix`) computes the letters loss where it computes logits;
+    for any other model the full logits are formed and the letter positions picked here.
+    """
+    choice_ids = batch.get("choice_ids")
+    if choice_ids is None or getattr(model, "accepts_choice_ids", False):
+        return model(**batch).loss
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+    logits = model(**inputs).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    valid = targets != -100
+    if not bool((valid.sum(1) == 1).all()):
+        raise ConfigError("the letters loss needs exactly one labelled token per example")
+    rows = valid.nonzero()[:, 0]
+    return letters_cross_entropy(logits[valid], targets[valid], choice_ids[rows])
 
 
 def train_local(
@@ -169,7 +208,7 @@ def train_local(
                             "pass a re-iterable (list, DataLoader) or enough batches"
                         ) from None
                 optimizer.zero_grad(set_to_none=True)
-                loss = model(**_prepare(batch, device)).loss
+                loss = batch_loss(model, _prepare(batch, device))
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"local training loss is {loss.item()} at step {step}; lower the "
