@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_llama, make_tiny_tokenizer
 
+from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.data import SENTIMENT_FORMAT, MCItem, build_examples, collate
 from drencoder.errors import ConfigError
 from drencoder.evaluation import score_multiple_choice
@@ -15,16 +15,16 @@ from drencoder.lora.prefix import PrefixCachedLM, StateStore, fingerprint, prefi
 from drencoder.lora.training import batch_loss
 
 ITEMS = [
-    MCItem(
-        uid=f"t{i}", question=q, choices=("negative", "positive"), answer=a, subject="sentiment"
+    MCItem(uid=f"t{i}", question=q, choices=("negative", "positive"), answer=a, subject="sentiment")
+    for i, (q, a) in enumerate(
+        [
+            ("Great book, loved it", 1),
+            ("Awful.", 0),
+            ("Fine room but noisy at night and the staff were slow", 0),
+            ("Nice", 1),
+            ("The delivery was quick and the phone works well", 1),
+        ]
     )
-    for i, (q, a) in enumerate([
-        ("Great book, loved it", 1),
-        ("Awful.", 0),
-        ("Fine room but noisy at night and the staff were slow", 0),
-        ("Nice", 1),
-        ("The delivery was quick and the phone works well", 1),
-    ])
 ]
 
 
@@ -149,8 +149,9 @@ def test_disk_store_is_reused_and_reads_back_the_same(tmp_path):
     assert first.warm(rows) == 0
     shards = list(tmp_path.glob("prefix-states/*/*.safetensors"))
     assert len(shards) == 1
-    again = prefix_cached(attach_lora(make_tiny_llama(), settings, seed=0), mode="disk",
-                          cache_root=tmp_path)
+    again = prefix_cached(
+        attach_lora(make_tiny_llama(), settings, seed=0), mode="disk", cache_root=tmp_path
+    )
     assert again.warm(rows) == 0 and again.store.computed == 0
     for r in rows:
         key = StateStore.key(r)

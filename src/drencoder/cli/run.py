@@ -84,4 +84,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {privacy['noise_seed']}", file=sys.stderr)
     else:
         print("epsilon:       none (no differential privacy: fedavg-lora adds no noise)")
+    if summary.get("utility"):
+        print(f"result:        {summary['utility']['statement']}")
     return 0

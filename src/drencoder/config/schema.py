@@ -58,6 +58,15 @@ class ModelConfig:
     device: str = field(
         default="cpu", metadata=_help("Torch device: cpu, cuda, cuda:N.", pattern="device")
     )
+    prefix_cache: str = field(
+        default="disk",
+        metadata=_help(
+            "With adapters only on the top layers (lora.layers = 'top:N'), cache the frozen "
+            "prefix's hidden states once per example and run only the top: disk (under the "
+            "cache folder, reused by later runs), memory, or off. Exact either way.",
+            choices=("disk", "memory", "off"),
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ which is the cheaper and less memorising objective and matches what the scorer r
 ``LossOn.FULL`` takes it on every token. ``LossOn.LETTERS`` takes it on the letter token
 only, as a cross-entropy over the choices' letter tokens (the example carries
 ``choice_ids``, one token id per choice): it trains exactly the comparison the scorer
-makes, instead of spending the gradient on the rest of the vocabulary. No EOS is appended: nothing after the letter is
-ever scored.
+makes, instead of spending the gradient on the rest of the vocabulary. No EOS is
+appended: nothing after the letter is ever scored.
 
 Truncation to ``max_length`` keeps the *end* of the prompt (where the question and the
 ``Answer:`` cue are), drops tokens from just after the leading special tokens, and never

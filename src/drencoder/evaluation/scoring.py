@@ -39,7 +39,7 @@ from drencoder.data.examples import (
     letter_token_ids,
     pad_token_id,
 )
-from drencoder.data.items import LETTERS, MCItem, PromptFormat
+from drencoder.data.items import MCItem, PromptFormat
 from drencoder.errors import ConfigError
 from drencoder.evaluation.batching import last_logits, left_pad
 
@@ -67,6 +67,40 @@ class MCResult:
         }
 
 
+def prompt_sequences(
+    tokenizer,
+    items: Sequence[MCItem],
+    *,
+    fmt: PromptFormat,
+    n_shot: int = 0,
+    exemplars: Mapping[str, Sequence[MCItem]] | None = None,
+    max_length: int | None = None,
+) -> tuple[list[list[int]], list[int]]:
+    """The token ids the scorer feeds for each item, and the letter token ids it reads."""
+    prefix, letter_ids = letter_token_ids(
+        tokenizer, fmt=fmt, n_choices=max(len(it.choices) for it in items)
+    )
+    sequences = []
+    for item in items:
+        shots: Sequence[MCItem] = ()
+        if n_shot:
+            pool = (exemplars or {}).get(item.subject, ())
+            if len(pool) < n_shot:
+                raise ConfigError(
+                    f"n_shot={n_shot} but subject {item.subject!r} has {len(pool)} exemplars"
+                )
+            shots = pool[:n_shot]
+            if any(s.uid == item.uid for s in shots):
+                raise ConfigError(f"item {item.uid!r} is among its own few-shot exemplars")
+        ids = encode_prompt(tokenizer, fmt.prompt(item, shots))
+        n_lead = leading_special_count(tokenizer, ids)
+        ids = ids + prefix
+        if max_length is not None:
+            ids = keep_prompt_end(ids, budget=max_length, n_lead=n_lead)
+        sequences.append(ids)
+    return sequences, letter_ids
+
+
 def score_multiple_choice(
     model,
     tokenizer,
@@ -91,28 +125,12 @@ def score_multiple_choice(
         raise ConfigError(f"batch_size must be >= 1, got batch_size={batch_size}")
     if n_shot < 0:
         raise ConfigError(f"n_shot must be >= 0, got n_shot={n_shot}")
-    prefix, letter_ids = letter_token_ids(
-        tokenizer, fmt=fmt, n_choices=max(len(it.choices) for it in items)
+    sequences, letter_ids = prompt_sequences(
+        tokenizer, items, fmt=fmt, n_shot=n_shot, exemplars=exemplars, max_length=max_length
     )
-    sequences = []
-    for item in items:
-        shots: Sequence[MCItem] = ()
-        if n_shot:
-            pool = (exemplars or {}).get(item.subject, ())
-            if len(pool) < n_shot:
-                raise ConfigError(
-                    f"n_shot={n_shot} but subject {item.subject!r} has {len(pool)} exemplars"
-                )
-            shots = pool[:n_shot]
-            if any(s.uid == item.uid for s in shots):
-                raise ConfigError(f"item {item.uid!r} is among its own few-shot exemplars")
-        ids = encode_prompt(tokenizer, fmt.prompt(item, shots))
-        n_lead = leading_special_count(tokenizer, ids)
-        ids = ids + prefix
-        if max_length is not None:
-            ids = keep_prompt_end(ids, budget=max_length, n_lead=n_lead)
-        sequences.append(ids)
-
+    warm = getattr(model, "warm", None)
+    if callable(warm):  # a prefix-cached model: compute missing prefix states in big batches
+        warm(sequences, progress=progress)
     pad_id = pad_token_id(tokenizer)
     order = sorted(range(len(items)), key=lambda i: -len(sequences[i]))
     letter_index = torch.as_tensor(letter_ids, dtype=torch.long)

@@ -66,13 +66,14 @@ from drencoder.federated.rounds import (
     reseed_dp_streams,
     run_generators,
 )
-from drencoder.federated.runtime import ClientResult, ClientTask
+from drencoder.federated.runtime import ClientResult, ClientTask, training_model
 from drencoder.federated.sampling import sample_clients
 from drencoder.federated.server import aggregate
 from drencoder.federated.stage1 import draw_seed, release_for
 from drencoder.federated.validation import accept_messages, message_limits
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
+    PrefixCachedLM,
     adapter_layout,
     apply_delta,
     attach_lora,
@@ -105,16 +106,20 @@ class FederatedServer:
         self.progress = progress
         self.hook = hook or (lambda event, **info: None)
         self.spec = spec_for(config.method)
+        started = time.perf_counter()
         if model_and_tokenizer is None:
             from drencoder.models import load_model
 
             model_and_tokenizer = load_model(
                 config.model.name, device=config.model.device, progress=progress
             )
+        self.load_seconds = time.perf_counter() - started
         base, self.tokenizer = model_and_tokenizer
         self.model = attach_lora(
             base, config.lora, seed=derive_seed(config.seed, "lora"), device=config.model.device
         )
+        # What clients train and the server scores: the model, or its prefix-cached top.
+        self.lm = training_model(self.model, config)
         self.layout = adapter_layout(self.model, sent=self.spec.sent)
         self.global_state = get_adapter_state(self.model)
         self.workload = build_workload(config, self.tokenizer)
@@ -206,7 +211,7 @@ class FederatedServer:
         set_adapter_state(self.model, self.global_state)
         w, ev = self.workload, self.config.eval
         mc = score_multiple_choice(
-            self.model,
+            self.lm,
             self.tokenizer,
             w.eval_items,
             fmt=w.fmt,
@@ -215,6 +220,7 @@ class FederatedServer:
             batch_size=self.config.data.batch_size,
             progress=self.progress,
         )
+        self._flush_prefix_cache()
         eps = self._epsilons()
         spent = eps[self.config.privacy.accountant] if eps else None
         if spent is not None and not math.isfinite(spent):
@@ -237,12 +243,39 @@ class FederatedServer:
             # recompute exactly this, see docs/data.md).
             "heldout_loss": -mc.mean_logprob_correct,
             "questions": mc.n_questions,
+            # Per question, 1 = answered correctly: the paired comparison with the base
+            # model (summary.json's "utility") needs them.
+            "correct": "".join(
+                "1" if p == it.answer else "0"
+                for p, it in zip(mc.predictions, w.eval_items, strict=True)
+            ),
             **{k: v for k, v in record.items() if k not in ("accuracy",)},
         }
         if eps:
             row["relation"] = self.relation.value
         self._append(row)
         return row
+
+    # -- the prefix cache --------------------------------------------------------------
+    def warm_prefix_cache(self) -> None:
+        """With adapters above a frozen prefix, compute every client example's prefix
+        states now (once; later runs read them from disk), with a progress bar. The
+        held-out prompts are cached by the first evaluation."""
+        if isinstance(self.lm, PrefixCachedLM):
+            rows = [ex["input_ids"] for examples in self.workload.clients for ex in examples]
+            self.lm.warm(rows, progress=self.progress)
+
+    def one_time_work(self) -> dict:
+        """Seconds spent loading (and on a first call converting) the model, and the prefix
+        states this process computed (``computed`` 0 when all came from the disk cache)."""
+        out = {"load_model_seconds": round(self.load_seconds, 1)}
+        if isinstance(self.lm, PrefixCachedLM):
+            out["prefix_cache"] = self.lm.store.report()
+        return out
+
+    def _flush_prefix_cache(self) -> None:
+        if isinstance(self.lm, PrefixCachedLM):
+            self.lm.store.flush()
 
     # -- checkpoints -------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -333,6 +366,7 @@ class FederatedServer:
     def run(self) -> dict:
         """Run every remaining round, then write the outputs; returns the summary."""
         rundir.check_run_space(self)
+        self.warm_prefix_cache()
         if self.codec is None:
             self.start()
         cfg = self.config

@@ -61,10 +61,21 @@ class ClientResult:
     ``reconstruction``): not covered by epsilon, never uploaded by a real client."""
 
 
+def training_model(model, config: RunConfig):
+    """What a client trains and the server scores: ``model`` (a PEFT model) or, when its
+    adapters sit above a frozen prefix, the prefix-cached top (``model.prefix_cache``)."""
+    from drencoder.lora import prefix_cached
+    from drencoder.models.cache import cache_root
+
+    mode = config.model.prefix_cache
+    return prefix_cached(model, mode=mode, cache_root=cache_root() if mode == "disk" else None)
+
+
 class ClientRuntime:
     """A client's work: stage-1 statistics release and one round of local training.
 
-    ``model`` carries the LoRA adapter (``attach_lora``); ``layout`` is the uplink layout.
+    ``model`` carries the LoRA adapter (``attach_lora``), or is its prefix-cached top
+    (:func:`training_model`); ``layout`` is the uplink layout.
     The model's adapter is left at whatever the last call set; callers pass the global
     adapter with every call.
     """

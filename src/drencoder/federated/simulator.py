@@ -51,7 +51,7 @@ class InProcessClients:
     def __init__(self, server: FederatedServer) -> None:
         self.server = server
         self.runtime = ClientRuntime(
-            server.model,
+            server.lm,
             server.workload,
             server.config,
             layout=server.layout,

@@ -6,6 +6,7 @@ resuming a completed run rewrites identical outputs.
 from __future__ import annotations
 
 import json
+import math
 import platform
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,45 @@ def not_covered(relation: str) -> list[str]:
     return out
 
 
+def utility(rows: list[dict], *, method: str, epsilon: float | None, delta: float) -> dict | None:
+    """The final model against the base model on the same held-out questions.
+
+    The first and last ``eval`` rows (before any training, and the final adapter) are
+    compared question by question: the difference of accuracies with the standard error
+    of the mean paired difference, and whether it exceeds twice that error.
+    """
+    evals = [r for r in rows if r.get("kind") == "eval" and r.get("correct")]
+    if len(evals) < 2 or evals[0]["round"] != 0 or evals[-1]["round"] == 0:
+        return None
+    before, after = evals[0]["correct"], evals[-1]["correct"]
+    if len(before) != len(after) or len(before) < 2:
+        return None
+    d = [int(b) - int(a) for a, b in zip(before, after, strict=True)]
+    n = len(d)
+    diff = sum(d) / n
+    se = math.sqrt(sum((x - diff) ** 2 for x in d) / (n - 1) / n)
+    better = diff > 2 * se
+    privacy = f"at epsilon {epsilon:.3g} (delta {delta:g})" if epsilon else "without DP"
+    verdict = (
+        "better than the base model by more than twice the standard error"
+        if better
+        else "NOT better than the base model by more than twice the standard error"
+    )
+    return {
+        "questions": n,
+        "base_accuracy": before.count("1") / n,
+        "final_accuracy": after.count("1") / n,
+        "difference": diff,
+        "standard_error": se,
+        "better_than_base": better,
+        "statement": (
+            f"{method} {privacy}: held-out accuracy {after.count('1') / n:.3f} vs the base "
+            f"model's {before.count('1') / n:.3f} on {n} questions, difference {diff:+.3f} "
+            f"± {se:.3f} (paired standard error): {verdict}."
+        ),
+    }
+
+
 def summarize(sim: FederatedServer) -> dict:
     cfg, rows = sim.config, sim.rows
     rounds = [r for r in rows if r["kind"] == "round"]
@@ -126,6 +166,12 @@ def summarize(sim: FederatedServer) -> dict:
         "rounds_done": sim.round,
         "stop_reason": sim.stop_reason,
         "privacy": privacy,
+        "utility": utility(
+            rows,
+            method=cfg.method.value,
+            epsilon=(eps or {}).get(cfg.privacy.accountant),
+            delta=cfg.delta,
+        ),
         "communication": {
             "codec": sim.codec.name,
             "latent_dim": sim.codec.latent_dim,
@@ -156,6 +202,9 @@ def summarize(sim: FederatedServer) -> dict:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "seconds in rounds": round(sum(r["seconds"] for r in rounds), 1),
+            # Work a repeat call does not redo: converting the model into the cache folder
+            # (inside loading it) and computing prefix states that were not cached yet.
+            "one-time work": sim.one_time_work(),
         },
     }
 

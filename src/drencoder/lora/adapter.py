@@ -68,7 +68,12 @@ def _require_peft(model) -> None:
 
 
 def _adapter_params(peft_model) -> dict[str, torch.nn.Parameter]:
-    """Normalised key -> live parameter, for the active adapter's LoRA matrices."""
+    """Normalised key -> live parameter, for the active adapter's LoRA matrices.
+
+    A model that wraps a PEFT model (``peft_model`` attribute, e.g. the prefix-cached top
+    of :mod:`drencoder.lora.prefix`) stands for the model it wraps.
+    """
+    peft_model = getattr(peft_model, "peft_model", peft_model)
     _require_peft(peft_model)
     name = peft_model.active_adapter
     out: dict[str, torch.nn.Parameter] = {}

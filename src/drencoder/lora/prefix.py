@@ -229,8 +229,13 @@ class PrefixCachedLM(torch.nn.Module):
                 m.train(mode)
         return [out[i, : len(r)] for i, r in enumerate(rows)]
 
-    def warm(self, rows: Sequence[Sequence[int]], *, progress: bool = False) -> int:
-        """Compute and store the states of every row not cached yet; how many were new."""
+    def warm(
+        self, rows: Sequence[Sequence[int]], *, progress: bool = False, flush: bool = True
+    ) -> int:
+        """Compute and store the states of every row not cached yet; how many were new.
+
+        ``flush=False`` leaves new states pending in memory (a disk store writes them when
+        a shard fills up or at the next :meth:`StateStore.flush`)."""
         todo: dict[str, Sequence[int]] = {}
         for r in rows:
             key = self.store.key(r)
@@ -249,11 +254,12 @@ class PrefixCachedLM(torch.nn.Module):
                 self.store.seconds += time.perf_counter() - started
                 self.store.computed += len(chunk)
                 bar.update(len(chunk))
-        self.store.flush()
+        if flush:
+            self.store.flush()
         return len(items)
 
     def states(self, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        self.warm(rows)
+        self.warm(rows, flush=False)
         return [self.store.get(self.store.key(r)) for r in rows]
 
     # -- the causal-LM interface ----------------------------------------------------------

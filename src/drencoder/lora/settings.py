@@ -84,8 +84,8 @@ class LoraSettings:
         default="all",
         metadata={
             "help": "Decoder layers that get adapters: 'all' (default), 'top:N' (the last N "
-            "layers) or comma-separated layer indices ('28,29'). With adapters only above a frozen prefix, "
-            "the prefix's hidden states are computed once per example and cached "
+            "layers) or comma-separated layer indices ('28,29'). With adapters only above "
+            "a frozen prefix, the prefix's hidden states are computed once per example and cached "
             "(model.prefix_cache), so training and scoring run only the adapted top."
         },
     )

@@ -27,7 +27,7 @@ from drencoder.federated.descriptions import (
 from drencoder.federated.methods import spec_for
 from drencoder.federated.policy import ClientPolicy, NodeLedger, PolicyRefusal, node_ledger_path
 from drencoder.federated.rounds import derive_seed
-from drencoder.federated.runtime import ClientRuntime, ClientTask
+from drencoder.federated.runtime import ClientRuntime, ClientTask, training_model
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.federated.workload import build_workload
 from drencoder.integrations.flower.records import (
@@ -83,7 +83,7 @@ def _runtime(context: Context) -> ClientRuntime:
         base, config.lora, seed=derive_seed(config.seed, "lora"), device=config.model.device
     )
     runtime = ClientRuntime(
-        model,
+        training_model(model, config),
         build_workload(config, tokenizer),
         config,
         layout=adapter_layout(model, sent=spec_for(config.method).sent),
