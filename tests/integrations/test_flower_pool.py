@@ -184,6 +184,7 @@ def test_train_sends_the_full_mechanism(server):
         "clip_point": "latent",
         "clip_norm": server.config.privacy.clip_norm,
         "noise_multiplier": 3.0,
+        "count_noise": None,
         "relation": "replace-one",
     }
     assert all("noise-multiplier" not in m.content.config_records["task"] for m in grid.sent)
