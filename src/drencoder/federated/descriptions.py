@@ -2,11 +2,11 @@
 
 The server describes the whole mechanism it wants a round's message made under
 (:class:`RoundMechanism`: method, placement, clip point, C, σ, the count noise of adaptive
-clipping and the neighbouring relation it accounts under) and the stage-1 statistics release (:class:`ReleaseMechanism`). A client
-checks the description against its own floor (:mod:`drencoder.federated.policy`),
-privatises with exactly what was described and echoes the description's
-:meth:`~RoundMechanism.fingerprint`, so the server can refuse a reply made under any other
-mechanism (e.g. after a resume with a changed config).
+clipping and the neighbouring relation it accounts under) and the stage-1 statistics
+release (:class:`ReleaseMechanism`). A client checks the description against its own
+floor (:mod:`drencoder.federated.policy`), privatises with exactly what was described and
+echoes the description's :meth:`~RoundMechanism.fingerprint`, so the server can refuse a
+reply made under any other mechanism (e.g. after a resume with a changed config).
 
 What a description costs the client that answers it (:func:`round_event`,
 :func:`release_event`): the receiver of a client's message sees that this client took
@@ -166,9 +166,7 @@ class RoundMechanism(_Description):
                 f"noise_multiplier=0, got {self.noise_multiplier!r}; set a clip norm"
             )
         if self.count_noise is not None:
-            set_(
-                self, "count_noise", check_noise_multiplier(self.count_noise, name="count_noise")
-            )
+            set_(self, "count_noise", check_noise_multiplier(self.count_noise, name="count_noise"))
             if (
                 self.count_noise == 0
                 or self.noise_multiplier == 0
@@ -244,9 +242,9 @@ def round_event(mechanism: RoundMechanism, *, trust_aggregator: bool = False) ->
 
     ``GaussianDpEvent(σ)`` (with adaptive clipping σ is the effective multiplier of update
     and count, :attr:`RoundMechanism.charged_noise_multiplier`), analysed under replace-one
-    with no amplification (module docstring), or ``NonPrivateDpEvent`` without noise. A ``central`` message leaves
-    un-noised: it is charged as non-private unless the client trusts the aggregator to add
-    the declared noise (``trust_aggregator``).
+    with no amplification (module docstring), or ``NonPrivateDpEvent`` without noise. A
+    ``central`` message leaves un-noised: it is charged as non-private unless the client
+    trusts the aggregator to add the declared noise (``trust_aggregator``).
     """
     if mechanism.noise_multiplier == 0:
         return dp_accounting.NonPrivateDpEvent()

@@ -91,6 +91,7 @@ from drencoder.mechanisms import GaussianMechanism
 
 log = logging.getLogger("drencoder")
 
+
 class FederatedServer:
     """Runs (or resumes) the server side of one federated job into a run directory.
 
@@ -451,9 +452,7 @@ class FederatedServer:
         )
         charge = None
         if mech is not None:
-            event, charged = budget.round_charge(
-                mech, cfg, sampled, count_noise=self.count_noise
-            )
+            event, charged = budget.round_charge(mech, cfg, sampled, count_noise=self.count_noise)
             charge = (event, charged)
             if cfg.target_epsilon is not None and self.ledger.would_exceed(
                 event,
@@ -527,9 +526,7 @@ class FederatedServer:
             expected_clients=budget.expected_clients(cfg),
             generator=self.generators["noise"],
         )
-        self.global_state = self.optimizer.apply(
-            self.global_state, self.layout.unflatten(decoded)
-        )
+        self.global_state = self.optimizer.apply(self.global_state, self.layout.unflatten(decoded))
         clip_norm = self.clip_norm  # the round's C, what its messages were clipped at
         fraction = None
         if self.count_noise is not None:

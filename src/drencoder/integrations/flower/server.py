@@ -25,9 +25,9 @@ from drencoder.federated.stage1 import Stage1Task
 from drencoder.integrations.flower.records import (
     CLIP_BIT,
     DESCRIPTION,
-    LATENT,
     FINGERPRINT,
     HELLO,
+    LATENT,
     MECHANISM,
     REFUSED_CODE,
     STAGE1,
