@@ -187,7 +187,7 @@ class PrivacyConfig:
         metadata=_help(
             "Adaptive clipping: target quantile gamma of the clients' norms that the clip "
             "norm tracks (e.g. 0.5); clip_norm is then the initial C. none = fixed clip "
-            "norm. Central placement only; a noisy count of clipped clients is released and "
+            "norm. Central placement only; a noisy count of unclipped clients is released and "
             "accounted each round. See docs/privacy.md.",
             gt=0,
             lt=1,
