@@ -57,6 +57,9 @@ class GlobalOptimizer:
         if self.kind is ServerOptimizer.SGD:
             return apply_delta(state, delta, scale=self.lr)
         d = {k: v.to(torch.float32) for k, v in delta.items()}
+        # Moments restored from a checkpoint are on the CPU; they follow the update.
+        self.m = {k: t.to(d[k].device) if k in d else t for k, t in self.m.items()}
+        self.v = {k: t.to(d[k].device) if k in d else t for k, t in self.v.items()}
         if self.kind is ServerOptimizer.MOMENTUM:
             for k, dk in d.items():
                 prev = self.m.get(k)
