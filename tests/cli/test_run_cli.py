@@ -43,6 +43,18 @@ def test_out_or_resume_is_required(capsys):
     assert "--out" in capsys.readouterr().err
 
 
+def test_help_lists_every_config_key_with_its_default(capsys):
+    from drencoder.config import describe_keys
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for key, default, _ in describe_keys():
+        assert f"  {key} = {default}\n" in out, key
+    assert "FedAdam" in out and "target quantile" in out
+
+
 @pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 def test_run_then_resume_from_the_command_line(tmp_path, capsys, tiny_model_dir):
     model_dir = tiny_model_dir

@@ -143,15 +143,15 @@ def simulate(tmp_path, name, method, monkeypatch, *, corrupt=False, drop=False):
     """One tiny run. ``corrupt``: the 2nd message of round 1 (client 1) becomes NaN after it
     was drawn (same RNG use). ``drop``: no corruption, but client 1's message of round 1 is
     removed from the list handed to ``aggregate``, i.e. simply absent from aggregation."""
-    real_make, real_aggregate = runtime_mod.make_message, orch_mod.aggregate
+    real_make, real_aggregate = runtime_mod.make_reply, orch_mod.aggregate
     calls = {"make": 0, "aggregate": 0}
 
-    def make_message(*args, **kwargs):
-        message = real_make(*args, **kwargs)
+    def make_reply(*args, **kwargs):
+        message, bit = real_make(*args, **kwargs)
         calls["make"] += 1
         if corrupt and calls["make"] == 2:
-            return torch.full_like(message, math.nan)
-        return message
+            return torch.full_like(message, math.nan), bit
+        return message, bit
 
     def aggregate(messages, **kwargs):
         calls["aggregate"] += 1
@@ -159,7 +159,7 @@ def simulate(tmp_path, name, method, monkeypatch, *, corrupt=False, drop=False):
             messages = [m for i, m in enumerate(messages) if i != 1]
         return real_aggregate(messages, **kwargs)
 
-    monkeypatch.setattr(runtime_mod, "make_message", make_message)
+    monkeypatch.setattr(runtime_mod, "make_reply", make_reply)
     monkeypatch.setattr(orch_mod, "aggregate", aggregate)
     # Reproducible noise: the three runs are compared bit for bit.
     overrides = [*BASE, f"method={method}", "privacy.reproducible_noise=true"]

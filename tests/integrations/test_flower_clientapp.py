@@ -354,3 +354,31 @@ def test_a_failing_warm_up_releases_noised_zero_statistics(node, monkeypatch, ca
     vector = from_record(reply.content.array_records["statistics"])["vector"]
     assert float(vector.std()) > 0.02  # noised (sigma_s * C_s = 0.1), not a bare zero vector
     assert len(n.ledger().entries) == 1 and "releasing zero statistics" in caplog.text
+
+
+def test_adaptive_clipping_node_returns_its_bit_and_is_charged_the_effective_sigma(node):
+    n = node(**{"trust-aggregator": "true"})
+    sent = dataclasses.replace(SENT, count_noise=2.0)
+    reply = flower.train(train_message(n.runtime, sent), n.context)
+    assert not reply.has_error()
+    update = from_record(reply.content.array_records["update"])
+    assert set(update) == {"latent", "clip-bit"}
+    assert update["clip-bit"].tolist() == [0.0]  # any trained update exceeds C = 1e-4
+    (entry,) = n.ledger().entries
+    effective = (1.0**-2 + 4.0**-2) ** -0.5
+    assert entry.event == dp_accounting.GaussianDpEvent(effective)
+    assert "sigma_b=2" in entry.label
+    # The node's noise floor is judged on the effective multiplier, below the update's own.
+    floor = node(node_id=22, partition=1, **{"min-noise-multiplier": 0.99})
+    assert_error(
+        flower.train(train_message(floor.runtime, sent, node_id=22), floor.context),
+        REFUSED_CODE,
+        "refused",
+    )
+
+
+def test_a_count_noise_needs_central_noise():
+    from drencoder.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs central placement"):
+        dataclasses.replace(SENT, count_noise=2.0, placement="local")

@@ -184,6 +184,7 @@ def test_train_sends_the_full_mechanism(server):
         "clip_point": "latent",
         "clip_norm": server.config.privacy.clip_norm,
         "noise_multiplier": 3.0,
+        "count_noise": None,
         "relation": "replace-one",
     }
     assert all("noise-multiplier" not in m.content.config_records["task"] for m in grid.sent)
@@ -252,3 +253,63 @@ def test_error_replies_map_to_fixed_codes_and_never_leak_reasons(server, caplog)
     assert row["failed"] == {"0": "refused", "1": "client-error", "2": "client-error"}
     records = json.dumps(server.rows) + caplog.text
     assert "4711" not in records and "KeyError" not in records
+
+
+def bit_reply(node, dim, bit, fingerprint):
+    update = {"latent": torch.zeros(dim)}
+    if bit is not None:
+        update["clip-bit"] = torch.tensor(bit, dtype=torch.float32)
+    content = RecordDict(
+        {
+            "update": to_record(update),
+            "mechanism": ConfigRecord({"fingerprint": fingerprint}),
+        }
+    )
+    return reply(node, content)
+
+
+def test_adaptive_clipping_sends_each_rounds_c_and_checks_the_bits(tmp_path):
+    cfg = load_config(
+        preset="smoke",
+        overrides=[
+            "clients=3",
+            "method=dp-fedavg-lora",
+            "privacy.placement=central",
+            "privacy.clip_quantile=0.5",
+            "privacy.clip_count_noise=2.0",
+            "privacy.noise_multiplier=1.0",
+            "target_epsilon=none",
+            "eval.questions=4",
+            "eval.every=0",
+        ],
+    )
+    server = FederatedServer(
+        cfg,
+        tmp_path / "run",
+        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        progress=False,
+    )
+    dim = server.layout.dim
+    grid = FakeGrid(
+        dim,
+        answers={
+            11: lambda m: bit_reply(11, dim, [1.0], sent_fingerprint(m)),
+            12: lambda m: bit_reply(12, dim, [0.5], sent_fingerprint(m)),
+            13: lambda m: bit_reply(13, dim, None, sent_fingerprint(m)),
+        },
+    )
+    server.clients = FlowerClients(grid, server, round_timeout=1, connect_timeout=1)
+    server.start()
+    with pytest.warns(ClientDropoutWarning):
+        server.run_round(1)
+    row = server.rows[-1]
+    assert row["failed"] == {"2": "malformed-reply"}  # no bit
+    assert row["rejected"] == {"1": "bad-clip-bit"}  # a bit that is not 0 or 1
+    with pytest.warns(ClientDropoutWarning):
+        server.run_round(2)
+    sent = [RoundMechanism.from_json(m.content.config_records["mechanism"]["description"])
+            for m in grid.sent]  # fmt: skip
+    assert {s.count_noise for s in sent} == {2.0}
+    assert sent[0].noise_multiplier == pytest.approx(server.update_noise_multiplier)
+    first, second = sent[0].clip_norm, sent[-1].clip_norm
+    assert first == cfg.privacy.clip_norm and second == server.rows[-1]["clip_norm"] != first

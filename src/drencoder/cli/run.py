@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from drencoder.cli.options import add_config_arguments, config_from_arguments
 
@@ -17,11 +18,25 @@ metrics.jsonl, adapter/ (PEFT), checkpoints/, plots and report.md.
 """
 
 
+def config_keys_epilog() -> str:
+    """Every config key with its default and help text (as in docs/running.md)."""
+    from drencoder.config import describe_keys
+
+    lines = ["configuration keys (--set KEY=VALUE or TOML; default after '='):"]
+    for key, default, text in describe_keys():
+        lines.append(f"  {key} = {default}")
+        lines.extend(
+            textwrap.wrap(text, width=88, initial_indent="      ", subsequent_indent="      ")
+        )
+    return "\n".join(lines)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
         help="run (or resume) a federated fine-tuning job",
         description=DESCRIPTION,
+        epilog=config_keys_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(p)

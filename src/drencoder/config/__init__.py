@@ -21,6 +21,7 @@ from drencoder.config.schema import (
     RunConfig,
     SamplingConfig,
     ServerConfig,
+    ServerOptimizer,
     Stage1Config,
     Task,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "ServerConfig",
+    "ServerOptimizer",
     "Stage1Config",
     "Task",
     "describe_keys",

@@ -26,7 +26,7 @@ from typing import Any
 import tomli_w
 
 from drencoder.accounting.relation import Relation, resolve_relation
-from drencoder.config.schema import PRESETS, Method, RunConfig
+from drencoder.config.schema import PRESETS, Method, RunConfig, ServerOptimizer
 from drencoder.errors import ConfigError
 from drencoder.mechanisms.options import Aggregation, ClipPoint, NoisePlacement, Sampling
 
@@ -276,12 +276,90 @@ def _apply_method(config: RunConfig, explicit: set[str]) -> RunConfig:
             "itself is clipped"
         )
     _check_accountant(config)
+    _check_server_optimizer(config, explicit)
+    _check_adaptive_clipping(config, explicit)
     if config.sampling.scheme is Sampling.FIXED and config.sampling.per_round > config.clients:
         raise ConfigError(
             f"sampling.per_round must be <= clients ({config.clients}), "
             f"got {config.sampling.per_round}"
         )
     return config
+
+
+_OPTIMIZER_KEYS = {
+    "server.momentum": (ServerOptimizer.MOMENTUM, ServerOptimizer.ADAM),
+    "server.beta2": (ServerOptimizer.ADAM,),
+    "server.adaptivity": (ServerOptimizer.ADAM,),
+}
+
+
+def _check_server_optimizer(config: RunConfig, explicit: set[str]) -> None:
+    """A server-optimizer key set explicitly must be one the chosen optimizer reads."""
+    chosen, defaults = config.server.optimizer, RunConfig().server
+    for key, users in _OPTIMIZER_KEYS.items():
+        name = key.split(".")[1]
+        changed = getattr(config.server, name) != getattr(defaults, name)
+        # A default value is accepted anywhere: a resolved config.toml lists every key.
+        if key in explicit and changed and chosen not in users:
+            raise ConfigError(
+                f"{key} has no effect with server.optimizer = {chosen.value!r} (it is read by "
+                f"{' and '.join(repr(u.value) for u in users)}): drop it or choose that "
+                "optimizer"
+            )
+
+
+def _expected_clients(config: RunConfig) -> float:
+    s = config.sampling
+    return s.rate * config.clients if s.scheme is Sampling.POISSON else float(s.per_round)
+
+
+def _check_adaptive_clipping(config: RunConfig, explicit: set[str]) -> None:
+    """Adaptive clipping (privacy.clip_quantile) needs a clipped, centrally noised method
+    and enough count noise; its other keys need it."""
+    from drencoder.federated.adaptive_clipping import (
+        default_count_noise,
+        update_noise_multiplier,
+    )
+
+    p, defaults = config.privacy, RunConfig().privacy
+    if p.clip_quantile is None:
+        for key in ("privacy.clip_lr", "privacy.clip_count_noise"):
+            name = key.split(".")[1]
+            changed = getattr(p, name) != getattr(defaults, name)
+            if key in explicit and changed:
+                raise ConfigError(
+                    f"{key} has no effect without adaptive clipping: set "
+                    "privacy.clip_quantile (e.g. 0.5) or drop it"
+                )
+        return
+    if config.method is Method.FEDAVG_LORA:
+        raise ConfigError(
+            "privacy.clip_quantile needs a DP method: 'fedavg-lora' does not clip; drop "
+            "privacy.clip_quantile or pick a DP method"
+        )
+    if p.placement is not NoisePlacement.CENTRAL:
+        raise ConfigError(
+            "privacy.clip_quantile (adaptive clipping) needs privacy.placement = central: the "
+            "noisy count of unclipped clients is released once by the aggregator, which adds "
+            "its noise to the sum of the clients' bits. With local noise every client would "
+            "have to noise its own bit before upload, a release of its own that this "
+            "accounting does not cover. Use placement = central, or a fixed clip norm "
+            "(privacy.clip_quantile = none)"
+        )
+    sigma_b = (
+        p.clip_count_noise
+        if p.clip_count_noise is not None
+        else default_count_noise(_expected_clients(config))
+    )
+    if p.noise_multiplier is not None:
+        # A fixed noise multiplier is the round's effective z; the update gets z_update.
+        try:
+            update_noise_multiplier(p.noise_multiplier, sigma_b)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"privacy.noise_multiplier = {p.noise_multiplier:g} is the round's effective "
+                f"multiplier under adaptive clipping; {exc}"
+            ) from None
 
 
 def _check_accountant(config: RunConfig) -> None:

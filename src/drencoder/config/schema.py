@@ -124,10 +124,42 @@ class SamplingConfig:
     )
 
 
+class ServerOptimizer(ConfigEnum):
+    """How the server applies the decoded mean update (post-processing, no privacy cost)."""
+
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    ADAM = "adam"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     lr: float = field(
         default=1.0, metadata=_help("Server learning rate applied to the decoded update.", gt=0)
+    )
+    optimizer: ServerOptimizer = field(
+        default=ServerOptimizer.SGD,
+        metadata=_help(
+            "How the decoded mean update is applied: sgd (theta += lr * update), momentum "
+            "(FedAvgM) or adam (FedAdam). Post-processing: no privacy cost. See "
+            "docs/running.md."
+        ),
+    )
+    momentum: float = field(
+        default=0.9,
+        metadata=_help(
+            "Server momentum beta (momentum) or first-moment decay beta1 (adam).", ge=0, lt=1
+        ),
+    )
+    beta2: float = field(
+        default=0.99,
+        metadata=_help("FedAdam second-moment decay beta2 (adam only).", ge=0, lt=1),
+    )
+    adaptivity: float = field(
+        default=1e-3,
+        metadata=_help(
+            "FedAdam adaptivity tau, added to sqrt(v) in the denominator (adam only).", gt=0
+        ),
     )
 
 
@@ -161,6 +193,31 @@ class PrivacyConfig:
             "add-remove for central noise with Poisson sampling), add-remove or replace-one. "
             "See docs/privacy.md.",
             choices=("auto", "add-remove", "replace-one"),
+        ),
+    )
+    clip_quantile: float | None = field(
+        default=None,
+        metadata=_help(
+            "Adaptive clipping: target quantile gamma of the clients' norms that the clip "
+            "norm tracks (e.g. 0.5); clip_norm is then the initial C. none = fixed clip "
+            "norm. Central placement only; a noisy count of unclipped clients is released and "
+            "accounted each round. See docs/privacy.md.",
+            gt=0,
+            lt=1,
+        ),
+    )
+    clip_lr: float = field(
+        default=0.2,
+        metadata=_help(
+            "Adaptive clipping: learning rate eta_C of C <- C * exp(-eta_C (b - gamma)).", gt=0
+        ),
+    )
+    clip_count_noise: float | None = field(
+        default=None,
+        metadata=_help(
+            "Adaptive clipping: std sigma_b of the noise on the count of unclipped clients; "
+            "none = expected clients per round / 20.",
+            gt=0,
         ),
     )
     reproducible_noise: bool = field(

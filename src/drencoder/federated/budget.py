@@ -16,6 +16,11 @@ default it is the one that holds against the party that aggregates:
   server sees who sent one, so it is charged at sensitivity 2C_s under either relation:
   ``Gaussian(σ_s)`` under replace-one, the equivalent ``Gaussian(σ_s/2)`` under add-remove.
 
+Adaptive clipping (``privacy.clip_quantile``, central noise only) adds a noisy count to
+every round; the round is then one Gaussian mechanism of the effective multiplier
+``z = (z_Δ⁻² + (2σ_b)⁻²)^(−1/2)`` (:mod:`drencoder.federated.adaptive_clipping`), which is
+what calibration solves for and what the ledger charges; the update is noised with z_Δ.
+
 Calibration plans for the worst client: with ``local`` noise a client could take part in
 every round, so σ is calibrated for T full participations; the run's actual ledger
 charges what happened and the budget stop uses it.
@@ -30,6 +35,7 @@ from dp_accounting import dp_event
 
 from drencoder import accounting
 from drencoder.config import RunConfig
+from drencoder.federated import adaptive_clipping
 from drencoder.mechanisms import GaussianMechanism, NoisePlacement, Sampling
 
 
@@ -43,6 +49,16 @@ def expected_clients(config: RunConfig) -> float:
     """The public cohort size the server divides the noised sum by."""
     s = config.sampling
     return s.rate * config.clients if s.scheme is Sampling.POISSON else float(s.per_round)
+
+
+def count_noise(config: RunConfig) -> float | None:
+    """σ_b of adaptive clipping's count release, or None with a fixed clip norm."""
+    p = config.privacy
+    if p.clip_quantile is None:
+        return None
+    if p.clip_count_noise is not None:
+        return float(p.clip_count_noise)
+    return adaptive_clipping.default_count_noise(expected_clients(config))
 
 
 def relation(config: RunConfig) -> accounting.Relation:
@@ -63,13 +79,33 @@ def relation_warning(config: RunConfig) -> str | None:
     )
 
 
-def round_label(config: RunConfig, relation_: accounting.Relation, t: int) -> str:
-    """The ledger label of round ``t``: every privacy-relevant choice, in words."""
+def round_label(
+    config: RunConfig,
+    relation_: accounting.Relation,
+    t: int,
+    *,
+    clip_norm: float | None = None,
+    update_noise: float | None = None,
+) -> str:
+    """The ledger label of round ``t``: every privacy-relevant choice, in words.
+
+    ``clip_norm`` is the round's C (default ``privacy.clip_norm``); with adaptive clipping
+    the label says that the charged multiplier includes the count release.
+    """
     p = config.privacy
-    return (
+    c = p.clip_norm if clip_norm is None else clip_norm
+    label = (
         f"round {t}: {p.placement.value} noise, {config.sampling.scheme.value} sampling, "
-        f"clip {p.clip_point.value} at C={p.clip_norm:g}, {relation_.value}"
+        f"clip {p.clip_point.value} at C={c:g}, {relation_.value}"
     )
+    sigma_b = count_noise(config)
+    if sigma_b is not None:
+        shown = "" if update_noise is None else f"z_update={update_noise:g}, "
+        label += (
+            f", adaptive clipping: effective multiplier includes the noisy count of "
+            f"unclipped clients ({shown}sigma_b={sigma_b:g})"
+        )
+    return label
 
 
 def statistics_event(release, relation_: accounting.Relation) -> dp_event.DpEvent:
@@ -85,13 +121,27 @@ def statistics_event(release, relation_: accounting.Relation) -> dp_event.DpEven
 
 
 def round_charge(
-    mechanism: GaussianMechanism, config: RunConfig, participants: Sequence[int]
+    mechanism: GaussianMechanism,
+    config: RunConfig,
+    participants: Sequence[int],
+    *,
+    count_noise: float | None = None,
 ) -> tuple[dp_event.DpEvent, list[int] | None]:
     """The event one round performs and the clients it is charged to (None = all).
 
     With ``local`` noise these are the sampled clients, charged when the round's tasks are
-    sent, whether or not their replies arrive.
+    sent, whether or not their replies arrive. ``count_noise`` (σ_b of adaptive clipping):
+    ``mechanism`` noises the update with z_Δ and the round is charged as one Gaussian
+    mechanism of the effective multiplier (z_Δ⁻² + (2σ_b)⁻²)^(−1/2).
     """
+    if count_noise is not None and mechanism.noise_multiplier > 0:
+        mechanism = GaussianMechanism(
+            clip_norm=mechanism.clip_norm,
+            noise_multiplier=adaptive_clipping.effective_noise_multiplier(
+                mechanism.noise_multiplier, count_noise
+            ),
+            placement=mechanism.placement,
+        )
     event = mechanism.dp_event(
         sample_rate=amplification_rate(config), sampling=config.sampling.scheme
     )

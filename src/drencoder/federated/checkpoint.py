@@ -6,8 +6,10 @@ Layout inside ``RUN/checkpoints/``::
     round-0003/            one directory per checkpointed round
         adapter.safetensors    the global LoRA adapter (PEFT key format)
         rng.safetensors        the state of every torch.Generator of the run (uint8)
+        optimizer.safetensors  the server optimizer's moments (momentum, adam; absent for sgd)
         ledger.json            the privacy ledger
-        state.json             round, noise multiplier, metrics row count, stop reason
+        state.json             round, noise multiplier, metrics row count, stop reason,
+                               the server optimizer's step count, the adaptive clip norm
     latest.json            {"round": 3, "dir": "round-0003"}, replaced atomically
     pending-charges.jsonl  privacy charges made since the newest checkpoint (write-ahead)
 
@@ -46,6 +48,9 @@ class Checkpoint:
     metrics_rows: int
     noise_multiplier: float | None
     extra: dict = field(default_factory=dict)
+    optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The server optimizer's tensors (:mod:`drencoder.federated.server_optimizer`); its
+    scalars are in ``extra``."""
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -65,6 +70,11 @@ def save_checkpoint(run_dir: str | os.PathLike, ckpt: Checkpoint) -> Path:
         {k: v.contiguous() for k, v in ckpt.global_state.items()}, tmp / "adapter.safetensors"
     )
     save_file(dict(ckpt.rng_states), tmp / "rng.safetensors")
+    if ckpt.optimizer_state:
+        save_file(
+            {k: v.detach().contiguous() for k, v in ckpt.optimizer_state.items()},
+            tmp / "optimizer.safetensors",
+        )
     ckpt.ledger.save(tmp / "ledger.json")
     state = {
         "format": FORMAT,
@@ -161,4 +171,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         metrics_rows=rows,
         noise_multiplier=sigma,
         extra=extra,
+        optimizer_state=_read_tensors(directory / "optimizer.safetensors")
+        if (directory / "optimizer.safetensors").exists()
+        else {},
     )

@@ -59,8 +59,32 @@ def make_message(
     the encoder is then post-processing. ``mechanism=None`` sends Enc(Δ) as is
     (``fedavg-lora``: no clipping, no noise, no privacy).
     """
+    message, _ = make_reply(
+        update, codec=codec, mechanism=mechanism, clip_point=clip_point, generator=generator
+    )
+    return message
+
+
+def make_reply(
+    update: torch.Tensor,
+    *,
+    codec: Codec,
+    mechanism: GaussianMechanism | None,
+    clip_point: ClipPoint,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, float | None]:
+    """:func:`make_message` and the clip indicator ``1[‖x‖ ≤ C]`` of adaptive clipping,
+    where x is what is clipped (the latent or the update, per ``clip_point``); the indicator
+    is None without a mechanism.
+
+    The indicator is released (inside the mechanism: the server adds noise to the count of
+    them); the pre-clip norm it is computed from is not.
+    """
     if mechanism is None:
-        return codec.encode(update)
-    if ClipPoint(clip_point) is ClipPoint.LATENT:
-        return mechanism.privatize(codec.encode(update), generator=generator)
-    return codec.encode(mechanism.privatize(update, generator=generator))
+        return codec.encode(update), None
+    x = codec.encode(update) if ClipPoint(clip_point) is ClipPoint.LATENT else update
+    bit = 1.0 if float(x.detach().double().norm()) <= mechanism.clip_norm else 0.0
+    message = mechanism.privatize(x, generator=generator)
+    if ClipPoint(clip_point) is ClipPoint.UPDATE:
+        message = codec.encode(message)
+    return message, bit

@@ -1,12 +1,12 @@
 """How a message is to be made, described by the server and echoed by the client.
 
 The server describes the whole mechanism it wants a round's message made under
-(:class:`RoundMechanism`: method, placement, clip point, C, σ and the neighbouring relation
-it accounts under) and the stage-1 statistics release (:class:`ReleaseMechanism`). A client
-checks the description against its own floor (:mod:`drencoder.federated.policy`),
-privatises with exactly what was described and echoes the description's
-:meth:`~RoundMechanism.fingerprint`, so the server can refuse a reply made under any other
-mechanism (e.g. after a resume with a changed config).
+(:class:`RoundMechanism`: method, placement, clip point, C, σ, the count noise of adaptive
+clipping and the neighbouring relation it accounts under) and the stage-1 statistics
+release (:class:`ReleaseMechanism`). A client checks the description against its own
+floor (:mod:`drencoder.federated.policy`), privatises with exactly what was described and
+echoes the description's :meth:`~RoundMechanism.fingerprint`, so the server can refuse a
+reply made under any other mechanism (e.g. after a resume with a changed config).
 
 What a description costs the client that answers it (:func:`round_event`,
 :func:`release_event`): the receiver of a client's message sees that this client took
@@ -17,6 +17,12 @@ message made without noise is charged as non-private (ε = ∞). With ``central`
 the message leaves un-noised: it is charged as non-private too, unless the client declares
 that it trusts the aggregator to add the declared noise (node config
 ``trust-aggregator``).
+
+Adaptive clipping (``count_noise`` = σ_b set, central placement only): the server sends
+each round's clip norm C_t in the description, and the client returns, besides its message,
+the bit ``1[‖x‖ ≤ C_t]``, of which the aggregator releases a count noised with σ_b. The
+round is then charged at the effective multiplier ``(σ⁻² + (2σ_b)⁻²)^(−1/2)``
+(:attr:`RoundMechanism.charged_noise_multiplier`, :mod:`drencoder.federated.adaptive_clipping`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dp_accounting import dp_event
 from drencoder.accounting import Relation
 from drencoder.config import Method
 from drencoder.errors import ConfigError
+from drencoder.federated.adaptive_clipping import effective_noise_multiplier
 from drencoder.mechanisms import (
     ClipPoint,
     GaussianMechanism,
@@ -118,6 +125,9 @@ class RoundMechanism(_Description):
 
     ``clip_norm=None`` means the update is sent unclipped (``fedavg-lora``); it requires
     ``noise_multiplier = 0``. ``noise_multiplier = 0`` means no noise at all.
+    ``count_noise`` (σ_b, None without adaptive clipping) asks the client for its clip
+    indicator and says how the aggregator noises their count; ``noise_multiplier`` is then
+    the update's share z_Δ.
     """
 
     method: str
@@ -125,6 +135,7 @@ class RoundMechanism(_Description):
     clip_point: str
     clip_norm: float | None
     noise_multiplier: float
+    count_noise: float | None = None
     relation: str
 
     _TYPES: ClassVar = {
@@ -133,6 +144,7 @@ class RoundMechanism(_Description):
         "clip_point": (str,),
         "clip_norm": (*_NUMBER, type(None)),
         "noise_multiplier": _NUMBER,
+        "count_noise": (*_NUMBER, type(None)),
         "relation": (str,),
     }
     _WHAT: ClassVar = "round mechanism"
@@ -153,6 +165,26 @@ class RoundMechanism(_Description):
                 f"an unclipped update cannot be noised meaningfully: clip_norm=None needs "
                 f"noise_multiplier=0, got {self.noise_multiplier!r}; set a clip norm"
             )
+        if self.count_noise is not None:
+            set_(self, "count_noise", check_noise_multiplier(self.count_noise, name="count_noise"))
+            if (
+                self.count_noise == 0
+                or self.noise_multiplier == 0
+                or self.placement != NoisePlacement.CENTRAL.value
+            ):
+                raise ConfigError(
+                    "adaptive clipping (count_noise set) needs central placement and positive "
+                    f"noise, got placement {self.placement!r}, noise_multiplier "
+                    f"{self.noise_multiplier!r}, count_noise {self.count_noise!r}"
+                )
+
+    @property
+    def charged_noise_multiplier(self) -> float:
+        """The multiplier a round under this description is charged at: σ, or with
+        adaptive clipping the effective (σ⁻² + (2σ_b)⁻²)^(−1/2) of update and count."""
+        if self.count_noise is None:
+            return self.noise_multiplier
+        return effective_noise_multiplier(self.noise_multiplier, self.count_noise)
 
     @property
     def gaussian(self) -> GaussianMechanism | None:
@@ -208,16 +240,17 @@ class ReleaseMechanism(_Description):
 def round_event(mechanism: RoundMechanism, *, trust_aggregator: bool = False) -> dp_event.DpEvent:
     """What one answered round costs the client, against whoever receives its message.
 
-    ``GaussianDpEvent(σ)``, analysed under replace-one with no amplification (module
-    docstring), or ``NonPrivateDpEvent`` without noise. A ``central`` message leaves
-    un-noised: it is charged as non-private unless the client trusts the aggregator to add
-    the declared noise (``trust_aggregator``).
+    ``GaussianDpEvent(σ)`` (with adaptive clipping σ is the effective multiplier of update
+    and count, :attr:`RoundMechanism.charged_noise_multiplier`), analysed under replace-one
+    with no amplification (module docstring), or ``NonPrivateDpEvent`` without noise. A
+    ``central`` message leaves un-noised: it is charged as non-private unless the client
+    trusts the aggregator to add the declared noise (``trust_aggregator``).
     """
     if mechanism.noise_multiplier == 0:
         return dp_accounting.NonPrivateDpEvent()
     if mechanism.placement == NoisePlacement.CENTRAL.value and not trust_aggregator:
         return dp_accounting.NonPrivateDpEvent()
-    return dp_accounting.GaussianDpEvent(mechanism.noise_multiplier)
+    return dp_accounting.GaussianDpEvent(mechanism.charged_noise_multiplier)
 
 
 def release_event(release: ReleaseMechanism) -> dp_event.DpEvent:

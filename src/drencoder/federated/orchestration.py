@@ -29,11 +29,19 @@ who knows it).
 Privacy charges are written ahead (:mod:`drencoder.federated.charges`):
 a round is charged to the ledger and the charge persisted before its tasks go out, and
 never refunded, whatever comes back.
+
+The decoded update moves the adapter through the server optimizer
+(:mod:`drencoder.federated.server_optimizer`, ``server.optimizer``), whose state is
+checkpointed. With adaptive clipping (``privacy.clip_quantile``,
+:mod:`drencoder.federated.adaptive_clipping`) the round's clip norm C_t is part of the
+server's state: it is what the round's mechanism clips at (and what replies are validated
+against), and after the round it moves by the noisy count of unclipped clients.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -53,7 +61,7 @@ from drencoder.errors import (
     PrivacyWarning,
 )
 from drencoder.evaluation import eval_record, score_multiple_choice
-from drencoder.federated import budget, rundir
+from drencoder.federated import adaptive_clipping, budget, rundir
 from drencoder.federated.charges import absorb_pending, charge_ahead, clear_pending
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.codec_setup import build_codec
@@ -69,18 +77,20 @@ from drencoder.federated.rounds import (
 from drencoder.federated.runtime import ClientResult, ClientTask, training_model
 from drencoder.federated.sampling import sample_clients
 from drencoder.federated.server import aggregate
+from drencoder.federated.server_optimizer import GlobalOptimizer
 from drencoder.federated.stage1 import draw_seed, release_for
 from drencoder.federated.validation import accept_messages, message_limits
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
     PrefixCachedLM,
     adapter_layout,
-    apply_delta,
     attach_lora,
     get_adapter_state,
     set_adapter_state,
 )
 from drencoder.mechanisms import GaussianMechanism
+
+log = logging.getLogger("drencoder")
 
 
 class FederatedServer:
@@ -134,6 +144,16 @@ class FederatedServer:
         self.ledger = accounting.PrivacyLedger(delta=config.delta, relation=self.relation)
         self.codec: Codec | None = None
         self.noise_multiplier: float | None = None
+        """The round's noise multiplier as accounted (with adaptive clipping, the effective
+        z of update and count release together)."""
+        self.update_noise_multiplier: float | None = None
+        """z_Δ, the multiplier of the update's noise (= :attr:`noise_multiplier` unless
+        adaptive clipping takes a share for the count release)."""
+        self.count_noise = budget.count_noise(config) if self.spec.private else None
+        """σ_b of adaptive clipping's count release; None with a fixed clip norm."""
+        self.clip_norm = float(config.privacy.clip_norm)
+        """The clip norm of the next round (moves with adaptive clipping)."""
+        self.optimizer = GlobalOptimizer(config.server)
         self.sigma_source = "config"
         self.round = 0
         self.stop_reason = ""
@@ -159,14 +179,25 @@ class FederatedServer:
                 f"{self.config.privacy.accountant}"
             )
         self.noise_multiplier = float(sigma)
+        self._split_noise()
+
+    def _split_noise(self) -> None:
+        """z_Δ from the round's z: all of it, or z's share left by the count release."""
+        if self.noise_multiplier is None or self.count_noise is None:
+            self.update_noise_multiplier = self.noise_multiplier
+            return
+        self.update_noise_multiplier = adaptive_clipping.update_noise_multiplier(
+            self.noise_multiplier, self.count_noise
+        )
 
     @property
     def mechanism(self) -> GaussianMechanism | None:
         if not self.spec.private:
             return None
-        p = self.config.privacy
         return GaussianMechanism(
-            clip_norm=p.clip_norm, noise_multiplier=self.noise_multiplier, placement=p.placement
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.update_noise_multiplier,
+            placement=self.config.privacy.placement,
         )
 
     def _pool(self) -> ClientPool:
@@ -190,7 +221,13 @@ class FederatedServer:
         client."""
         if plan.charge is not None:
             event, charged = plan.charge
-            label = budget.round_label(self.config, self.relation, plan.round)
+            label = budget.round_label(
+                self.config,
+                self.relation,
+                plan.round,
+                clip_norm=self.clip_norm,
+                update_noise=self.update_noise_multiplier,
+            )
             self.charge(event, kind="round", round=plan.round, clients=charged, label=label)
 
     # -- metrics -----------------------------------------------------------------------
@@ -288,7 +325,13 @@ class FederatedServer:
                 ledger=self.ledger,
                 metrics_rows=len(self.rows),
                 noise_multiplier=self.noise_multiplier,
-                extra={"sigma_source": self.sigma_source, "stop_reason": self.stop_reason},
+                extra={
+                    "sigma_source": self.sigma_source,
+                    "stop_reason": self.stop_reason,
+                    "clip_norm": self.clip_norm,
+                    "server_optimizer": self.optimizer.state_scalars(),
+                },
+                optimizer_state=self.optimizer.state_tensors(),
             ),
         )
         clear_pending(self.run_dir)
@@ -305,6 +348,19 @@ class FederatedServer:
                 "depends on it. Resume with the run's own config.toml (and privacy.relation), "
                 "or start a new run with --out"
             )
+        clip_norm = ckpt.extra.get("clip_norm", self.config.privacy.clip_norm)
+        if not (
+            isinstance(clip_norm, int | float)
+            and not isinstance(clip_norm, bool)
+            and math.isfinite(clip_norm)
+            and clip_norm > 0
+        ):
+            raise CheckpointError(
+                f"the round-{ckpt.round} checkpoint's state.json has clip_norm={clip_norm!r}, "
+                "not a positive number; point checkpoints/latest.json at the previous "
+                "round-NNNN directory, or start a new run with --out"
+            )
+        self.optimizer.load(ckpt.optimizer_state, ckpt.extra.get("server_optimizer", {}))
         rundir.restore_model_state(self, ckpt)
         self.ledger = ckpt.ledger
         interrupted = absorb_pending(self.ledger, self.run_dir, after=len(ckpt.ledger))
@@ -315,6 +371,8 @@ class FederatedServer:
             reseed_dp_streams(self.generators)
         self.round = ckpt.round
         self.noise_multiplier = ckpt.noise_multiplier
+        self._split_noise()
+        self.clip_norm = float(clip_norm)
         self.sigma_source = ckpt.extra.get("sigma_source", "config")
         self.stop_reason = ckpt.extra.get("stop_reason", "")
         self.rows = rows
@@ -428,7 +486,7 @@ class FederatedServer:
         )
         charge = None
         if mech is not None:
-            event, charged = budget.round_charge(mech, cfg, sampled)
+            event, charged = budget.round_charge(mech, cfg, sampled, count_noise=self.count_noise)
             charge = (event, charged)
             if cfg.target_epsilon is not None and self.ledger.would_exceed(
                 event,
@@ -465,6 +523,14 @@ class FederatedServer:
             {c: r.message for c, r in arrived.items()},
             **message_limits(self.codec, self.mechanism, self.config.privacy.clip_point),
         )
+        if self.count_noise is not None:
+            # Adaptive clipping: the clip indicator is inside the mechanism and must be a
+            # bit; a reply with anything else stays out of both sums (and is charged).
+            for c in list(accepted):
+                if not adaptive_clipping.check_bit(arrived[c].clip_bit):
+                    del accepted[c]
+                    rejected[c] = "bad-clip-bit"
+                    log.warning("message of client %s rejected: its clip bit is not 0 or 1", c)
         return {c: arrived[c] for c in accepted}, failed, rejected
 
     def finish_round(
@@ -494,9 +560,22 @@ class FederatedServer:
             expected_clients=budget.expected_clients(cfg),
             generator=self.generators["noise"],
         )
-        self.global_state = apply_delta(
-            self.global_state, self.layout.unflatten(decoded), scale=cfg.server.lr
-        )
+        self.global_state = self.optimizer.apply(self.global_state, self.layout.unflatten(decoded))
+        clip_norm = self.clip_norm  # the round's C, what its messages were clipped at
+        fraction = None
+        if self.count_noise is not None:
+            fraction = adaptive_clipping.noisy_fraction(
+                [r.clip_bit for r in results],
+                count_noise=self.count_noise,
+                expected_clients=budget.expected_clients(cfg),
+                generator=self.generators["noise"],
+            )
+            self.clip_norm = adaptive_clipping.next_clip_norm(
+                clip_norm,
+                fraction,
+                target_quantile=cfg.privacy.clip_quantile,
+                lr=cfg.privacy.clip_lr,
+            )
         self.round = t
         row = {
             "kind": "round",
@@ -508,11 +587,21 @@ class FederatedServer:
             "epsilon": self._epsilons(),
             "relation": self.relation.value if self.spec.private else None,
             "noise_multiplier": self.noise_multiplier,
+            "clip_norm": clip_norm if self.spec.private else None,
             # Measured on what arrived: latent_dim × 4 per message (float32 latents).
             "bytes_up": sum(r.message.numel() * r.message.element_size() for r in results),
             "bytes_down": len(plan.sampled) * self.layout.dim * 4,
             "seconds": time.perf_counter() - started if started is not None else 0.0,
         }
+        if fraction is not None:
+            # Released (noisy) values only: the count is a DP release, C is its
+            # post-processing.
+            row["adaptive_clipping"] = {
+                "update_noise_multiplier": self.update_noise_multiplier,
+                "count_noise": self.count_noise,
+                "unclipped_fraction": fraction,
+                "next_clip_norm": self.clip_norm,
+            }
         diagnostics = rundir.mean_diagnostics([r.diagnostics for r in results])
         if diagnostics:
             row[rundir.NOT_COVERED] = diagnostics

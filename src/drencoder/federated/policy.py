@@ -211,7 +211,9 @@ class ClientPolicy:
 
     def check_round(self, mechanism: RoundMechanism) -> None:
         """Raise :class:`PolicyRefusal` unless a round under ``mechanism`` is acceptable."""
-        floor, sigma = self.min_noise_multiplier, mechanism.noise_multiplier
+        # With adaptive clipping the round is charged at the effective multiplier of update
+        # and count release together, which is below the update's own.
+        floor, sigma = self.min_noise_multiplier, mechanism.charged_noise_multiplier
         if floor is not None and sigma < floor:
             raise PolicyRefusal(
                 "min-noise-multiplier",

@@ -12,7 +12,9 @@ nothing). The noise of ``local`` placement and of the stage-1 release must not: 
 that knew the noise could subtract it. The simulator passes its ``noise`` generator; the
 Flower client one seeded from the operating system's entropy.
 
-What a real client uploads: ``message``, nothing else computed from its data. ``diagnostics``
+What a real client uploads: ``message`` and, with adaptive clipping, ``clip_bit`` (inside
+the mechanism: the server releases only a noisy count of them), nothing else computed from
+its data. ``diagnostics``
 (mean local training loss, pre-clip update norm, reconstruction error of the encoder on the
 real update) are computed from raw data; they exist only inside a simulation, where the
 run's outputs mark them as not covered by epsilon.
@@ -28,7 +30,7 @@ import torch
 from drencoder.codecs import Codec, IdentityCodec
 from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig
-from drencoder.federated.client import local_update, make_message
+from drencoder.federated.client import local_update, make_reply
 from drencoder.federated.stage1 import Stage1Task, release_client_statistics, release_for
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
@@ -56,6 +58,9 @@ class ClientResult:
     message: torch.Tensor
     """The privatised latent ``[latent_dim]`` float32: clipped and, with ``local``
     placement, noised on the client."""
+    clip_bit: float | None = None
+    """Adaptive clipping: ``1[‖x‖ ≤ C]`` for what was clipped, uploaded with the message
+    (None when the round does not ask for it)."""
     diagnostics: dict = field(default_factory=dict)
     """Simulation-only measurements of raw data (``train_loss``, ``update_norm``,
     ``reconstruction``): not covered by epsilon, never uploaded by a real client."""
@@ -145,6 +150,7 @@ class ClientRuntime:
         codec: Codec,
         mechanism: GaussianMechanism | None,
         clip_point: ClipPoint | str | None = None,
+        report_clip_bit: bool | None = None,
         diagnostics: bool = True,
         fail_closed: bool = False,
     ) -> ClientResult:
@@ -152,6 +158,9 @@ class ClientRuntime:
 
         ``clip_point`` defaults to ``config.privacy.clip_point``; a deployed client passes
         the one the server described, as it passes the server's ``mechanism``.
+        ``report_clip_bit`` (adaptive clipping; default: whether ``privacy.clip_quantile``
+        is set) adds the clip indicator to the result; a deployed client passes whether the
+        described mechanism asks for it.
         ``fail_closed`` (a deployed client): a failure of local training, or a non-finite
         update, is logged here and answered with the privatised zero update, so that
         whether training succeeded, which can depend on the data, never leaves the client
@@ -194,11 +203,18 @@ class ClientRuntime:
             if not isinstance(codec, IdentityCodec):
                 r = reconstruction(codec, update.unsqueeze(0))
                 measured["reconstruction"] = (r.rel_error, r.cosine)
-        message = make_message(
+        message, bit = make_reply(
             update,
             codec=codec,
             mechanism=mechanism,
             clip_point=cfg.privacy.clip_point if clip_point is None else ClipPoint(clip_point),
             generator=self.noise_generator,
         )
-        return ClientResult(client=task.client, message=message, diagnostics=measured)
+        if report_clip_bit is None:
+            report_clip_bit = cfg.privacy.clip_quantile is not None
+        return ClientResult(
+            client=task.client,
+            message=message,
+            clip_bit=bit if report_clip_bit else None,
+            diagnostics=measured,
+        )

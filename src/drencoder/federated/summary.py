@@ -149,6 +149,17 @@ def summarize(sim: FederatedServer) -> dict:
                 "gdp_clt": sim.ledger.uses_clt(),
             }
         )
+        if sim.count_noise is not None:
+            privacy["adaptive_clipping"] = {
+                "target_quantile": cfg.privacy.clip_quantile,
+                "clip_lr": cfg.privacy.clip_lr,
+                "count_noise": sim.count_noise,
+                "update_noise_multiplier": sim.update_noise_multiplier,
+                "initial_clip_norm": cfg.privacy.clip_norm,
+                "next_clip_norm": sim.clip_norm,
+                "note": "noise_multiplier is the effective multiplier of each round's update "
+                "and count release together, (z_update^-2 + (2 sigma_b)^-2)^-1/2",
+            }
         if stage1 is not None:
             privacy["statistics"] = (
                 f"Gaussian, noise multiplier {cfg.stage1.noise_multiplier:g}, clip "

@@ -22,9 +22,16 @@ first failed check, in this order:
      absurd norms (a client trying to dominate the mean), not a subtle attacker, who can
      always send any vector of plausible norm.
 
+   ``clip_norm`` is the round's clip norm, which moves from round to round with adaptive
+   clipping (``privacy.clip_quantile``): the server passes the C the round was sent with.
    Pass ``clip_norm=None`` when no norm bound holds for the latent: no clipping
    (``fedavg-lora``), or clipping before a non-identity encoder (``clip_point = update``),
    which does not preserve norms (see :func:`message_limits`).
+
+With adaptive clipping every reply also carries the client's clip indicator, which must be
+exactly 0 or 1 (``bad-clip-bit`` otherwise; checked by the server's ``collect`` after the
+message checks). A reply rejected for either reason stays out of both the update sum and
+the count.
 
 **Privacy ledger.** A rejected message was still released by its client: with local noise
 the client ran the mechanism and sent a noised value, which the server and any
@@ -66,6 +73,7 @@ REJECTION_CODES = (
     "bad-shape",
     "non-finite",
     "norm-bound",
+    "bad-clip-bit",
 )
 """The fixed codes a rejection is recorded with in metrics. The detail (values computed
 from the message, which with central noise is un-noised) goes to the server's log only."""

@@ -33,8 +33,10 @@ from drencoder.federated.workload import build_workload
 from drencoder.integrations.flower.records import (
     CLIENT_ERROR_CODE,
     CLIENT_ERROR_REASON,
+    CLIP_BIT,
     DESCRIPTION,
     FINGERPRINT,
+    LATENT,
     MECHANISM,
     REFUSED_CODE,
     REFUSED_REASON,
@@ -240,11 +242,17 @@ def train(message: Message, context: Context) -> Message:
         codec=codec_from_content(content),
         mechanism=mechanism.gaussian,
         clip_point=mechanism.clip_point,
+        report_clip_bit=mechanism.count_noise is not None,
         diagnostics=False,
         fail_closed=True,
     )
     fingerprint = mechanism.fingerprint()
     clip = "unclipped" if mechanism.clip_norm is None else f"C={mechanism.clip_norm:g}"
+    if mechanism.count_noise is not None:
+        clip += (
+            f", adaptive clipping: clip bit counted with sigma_b={mechanism.count_noise:g}, "
+            f"charged at effective sigma={mechanism.charged_noise_multiplier:g}"
+        )
     ledger.charge(
         event,
         kind="round",
@@ -254,5 +262,9 @@ def train(message: Message, context: Context) -> Message:
         f"{mechanism.noise_multiplier:g}, {clip}, {mechanism.placement} noise, clip "
         f"{mechanism.clip_point}, server relation {mechanism.relation} ({fingerprint})",
     )
-    # The privatised latent is the only thing computed from this node's data that leaves it.
-    return _reply(message, {"update": to_record({"latent": result.message})}, fingerprint)
+    # The privatised latent (and, with adaptive clipping, the clip bit whose count the
+    # aggregator noises) is the only thing computed from this node's data that leaves it.
+    update = {LATENT: result.message}
+    if mechanism.count_noise is not None:
+        update[CLIP_BIT] = torch.tensor([result.clip_bit], dtype=torch.float32)
+    return _reply(message, {"update": to_record(update)}, fingerprint)

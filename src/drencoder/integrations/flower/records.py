@@ -31,6 +31,12 @@ DESCRIPTION = "description"
 FINGERPRINT = "fingerprint"
 """The fingerprint of the description the node made its message under."""
 
+LATENT = "latent"
+"""Key of the privatised message in a training reply's ``update`` record."""
+CLIP_BIT = "clip-bit"
+"""Key of the clip indicator (one float32, 0 or 1) in a training reply's ``update`` record,
+present exactly when the round's description has a ``count_noise`` (adaptive clipping)."""
+
 REFUSED_CODE = 1001
 """Error code of a reply by which a node declines a task under its own policy."""
 CLIENT_ERROR_CODE = 1002

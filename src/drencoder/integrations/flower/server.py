@@ -23,9 +23,11 @@ from drencoder.federated.rounds import ClientFailure, RoundPlan, StatisticsReply
 from drencoder.federated.runtime import ClientResult
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.integrations.flower.records import (
+    CLIP_BIT,
     DESCRIPTION,
     FINGERPRINT,
     HELLO,
+    LATENT,
     MECHANISM,
     REFUSED_CODE,
     STAGE1,
@@ -42,8 +44,11 @@ log = logging.getLogger(__name__)
 
 
 # -- the ServerApp -----------------------------------------------------------------------
-def round_mechanism(config: RunConfig, mechanism: GaussianMechanism | None) -> RoundMechanism:
-    """The description of a round the server sends: its own config and mechanism."""
+def round_mechanism(
+    config: RunConfig, mechanism: GaussianMechanism | None, *, count_noise: float | None = None
+) -> RoundMechanism:
+    """The description of a round the server sends: its own config and mechanism (with
+    adaptive clipping, the round's clip norm and the count noise σ_b)."""
     p = config.privacy
     return RoundMechanism(
         method=config.method.value,
@@ -51,6 +56,7 @@ def round_mechanism(config: RunConfig, mechanism: GaussianMechanism | None) -> R
         clip_point=p.clip_point.value,
         clip_norm=mechanism.clip_norm if mechanism is not None else None,
         noise_multiplier=mechanism.noise_multiplier if mechanism is not None else 0.0,
+        count_noise=count_noise if mechanism is not None else None,
         relation=budget.relation(config).value,
     )
 
@@ -74,6 +80,14 @@ def reply_tensor(
     other than ``fingerprint`` is ``mechanism-mismatch``: the message was made under
     another mechanism than the one charged.
     """
+    tensors = reply_tensors(reply, record=record, keys=(key,), fingerprint=fingerprint)
+    return tensors if isinstance(tensors, ClientFailure) else tensors[key]
+
+
+def reply_tensors(
+    reply: Message, *, record: str, keys: tuple[str, ...], fingerprint: str
+) -> dict[str, torch.Tensor] | ClientFailure:
+    """:func:`reply_tensor` for a reply that carries exactly the tensors ``keys``."""
     try:
         content = reply.content
         echoed = content.config_records[MECHANISM]
@@ -85,10 +99,10 @@ def reply_tensor(
             set(content.array_records) != {record}
             or set(content.config_records) != {MECHANISM}
             or len(content.metric_records) != 0
-            or set(content.array_records[record]) != {key}
+            or set(content.array_records[record]) != set(keys)
         ):
             return ClientFailure("malformed-reply")
-        return from_record(content.array_records[record])[key]
+        return from_record(content.array_records[record])
     except (KeyError, TypeError, ValueError):
         return ClientFailure("malformed-reply")
 
@@ -225,7 +239,11 @@ class FlowerClients:
         codec: Codec,
         mechanism: GaussianMechanism | None,
     ) -> dict[int, ClientResult | BaseException]:
-        described = round_mechanism(self.server.config, mechanism)
+        described = round_mechanism(
+            self.server.config, mechanism, count_noise=self.server.count_noise
+        )
+        adaptive = described.count_noise is not None
+        keys = (LATENT, CLIP_BIT) if adaptive else (LATENT,)
         adapter, encoder = to_record(global_state), codec_content(codec)
         record = ConfigRecord({DESCRIPTION: described.canonical()})
         contents = {}
@@ -240,11 +258,19 @@ class FlowerClients:
             if isinstance(reply, BaseException):
                 out[client] = reply
                 continue
-            latent = reply_tensor(reply, record="update", key="latent", fingerprint=fingerprint)
-            if isinstance(latent, ClientFailure):
-                out[client] = latent
-            else:
-                out[client] = ClientResult(client=client, message=latent)
+            tensors = reply_tensors(reply, record="update", keys=keys, fingerprint=fingerprint)
+            if isinstance(tensors, ClientFailure):
+                out[client] = tensors
+                continue
+            bit = None
+            if adaptive:
+                # One number; whether it is a bit (0 or 1) the server checks with the
+                # message (bad-clip-bit), since the reply was made and is charged.
+                if tensors[CLIP_BIT].numel() != 1:
+                    out[client] = ClientFailure("malformed-reply")
+                    continue
+                bit = float(tensors[CLIP_BIT].reshape(-1)[0])
+            out[client] = ClientResult(client=client, message=tensors[LATENT], clip_bit=bit)
         return out
 
 
