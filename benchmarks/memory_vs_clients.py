@@ -1,9 +1,9 @@
 """Does the simulator's memory grow with the number of clients? (It should not.)
 
 Runs the same short federated job with a population of 100 and of 10,000 clients (the
-cross-device scale), each in a fresh process, on a random-weight Llama (about 25 M parameters, so the base model dominates
-memory the way a real one does), and reports peak resident memory (ru_maxrss) of each and
-the ratio 100 / 10.
+cross-device scale), each in a fresh process, on a random-weight Llama (about 25 M
+parameters, so the base model dominates memory the way a real one does), and reports peak
+resident memory (ru_maxrss) of each and the ratio large / small.
 
 The question is about the *population*, so the work per round is held fixed: fixed-size
 sampling with ``sampling.per_round = 5`` trains exactly 5 clients per round in both runs.

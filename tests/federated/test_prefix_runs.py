@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import tiny_simulator
 
+from conftest import tiny_simulator
 from drencoder.federated.summary import utility
 from drencoder.lora import PrefixCachedLM
 
