@@ -78,3 +78,20 @@ def test_file_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(preset="huge")
+
+
+def test_cross_device_presets_set_up_the_regime_in_which_dp_learns():
+    from drencoder.accounting import Relation
+    from drencoder.federated import budget
+
+    full, demo = load_config(preset="cross-device"), load_config(preset="demo")
+    for c in (full, demo):
+        assert c.method.value == "dp-fedavg-lora" and c.target_epsilon == 8
+        assert c.clients >= 1000 and c.eval.questions >= 1000
+        assert c.privacy.placement.value == "central" and c.sampling.scheme.value == "poisson"
+        assert budget.relation(c) is Relation.ADD_REMOVE  # the aggregator hides who took part
+        assert c.lora.layers == "top:1" and c.data.loss_on.value == "letters"
+        assert c.server.optimizer.value == "momentum"
+        assert budget.expected_clients(c) >= 100
+    assert demo.clients < full.clients and demo.rounds < full.rounds
+    assert demo.eval.every == 0  # base model first, final model last

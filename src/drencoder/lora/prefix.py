@@ -18,7 +18,7 @@ batched matrix products (tests compare both). The prefix runs without dropout (e
 it is frozen, and a model with dropout inside its frozen layers would only differ in that
 noise. With labels, logits are formed only at the labelled positions (and the loss is the
 same mean cross-entropy the model computes), which avoids a ``batch × length × vocabulary``
-tensor.
+tensor; with the letters loss, only the choice letters' rows of the output head are used.
 
 How the layers are run. The decoder's own ``forward`` (masks, rotary embeddings, sliding
 windows) is called with its ``layers`` list temporarily cut to the prefix (and the final
@@ -152,7 +152,9 @@ def fingerprint(causal_lm, start: int) -> str:
     for prefix, module in modules:
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy())
+            digest.update(
+                tensor.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy()
+            )
     return digest.hexdigest()
 
 
@@ -269,6 +271,17 @@ class PrefixCachedLM(torch.nn.Module):
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def _choice_logits(self, hidden: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` logits of the ``choices`` token ids only: the rows of the output head
+        they need, not the whole vocabulary (what the letters loss reads)."""
+        head = self._parts["head"]
+        logits = torch.einsum("nh,nch->nc", hidden, head.weight[choices])
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[choices]
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -304,14 +317,15 @@ class PrefixCachedLM(torch.nn.Module):
             return CausalLMOutputWithPast(logits=self._logits(kept))
         targets = labels[:, 1:].to(device)
         valid = targets != -100
-        logits = self._logits(hidden[:, :-1][valid])
+        at = hidden[:, :-1][valid]
         if choice_ids is None:
+            logits = self._logits(at)
             loss = torch.nn.functional.cross_entropy(logits.float(), targets[valid])
         else:
             if not bool((valid.sum(1) == 1).all()):
                 raise ConfigError("the letters loss needs exactly one labelled token per example")
-            rows_of = valid.nonzero()[:, 0]
-            loss = letters_cross_entropy(logits, targets[valid], choice_ids.to(device)[rows_of])
+            choices = choice_ids.to(device)[valid.nonzero()[:, 0]]
+            loss = letters_cross_entropy(self._choice_logits(at, choices), targets[valid], choices)
         return CausalLMOutputWithPast(loss=loss)
 
 

@@ -125,19 +125,18 @@ def _prepare(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[st
 
 
 def letters_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, choice_ids: torch.Tensor
+    choice_logits: torch.Tensor, targets: torch.Tensor, choice_ids: torch.Tensor
 ) -> torch.Tensor:
-    """Mean cross-entropy of ``targets`` among ``choice_ids``, from next-token ``logits``.
+    """Mean cross-entropy of ``targets`` among ``choice_ids``.
 
-    ``logits`` ``[N, vocab]`` at the N labelled positions, ``targets`` ``[N]`` the letter
-    token ids, ``choice_ids`` ``[N, C]`` the letter token of every choice; each target must
-    be one of its row's choices.
+    ``choice_logits`` ``[N, C]`` are the next-token logits of each row's choice letters
+    ``choice_ids`` ``[N, C]`` at the N labelled positions, ``targets`` ``[N]`` the labelled
+    letter token ids; each target must be one of its row's choices.
     """
     match = choice_ids == targets[:, None]
     if not bool(match.any(1).all()):
         raise ConfigError("a labelled letter is not among its example's choice_ids")
-    picked = logits.float().gather(1, choice_ids)
-    return torch.nn.functional.cross_entropy(picked, match.float().argmax(1))
+    return torch.nn.functional.cross_entropy(choice_logits.float(), match.float().argmax(1))
 
 
 def batch_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -157,7 +156,8 @@ def batch_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tor
     if not bool((valid.sum(1) == 1).all()):
         raise ConfigError("the letters loss needs exactly one labelled token per example")
     rows = valid.nonzero()[:, 0]
-    return letters_cross_entropy(logits[valid], targets[valid], choice_ids[rows])
+    choices = choice_ids[rows]
+    return letters_cross_entropy(logits[valid].gather(1, choices), targets[valid], choices)
 
 
 def train_local(
