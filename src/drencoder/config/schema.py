@@ -311,7 +311,7 @@ class RunConfig:
 
 
 # Cross-device: many clients with a few examples each, Poisson sampling, central noise,
-# server momentum; LoRA on the top layer only, trained and scored on cached prefix states
+# FedAdam at the server; LoRA on the top layer only, trained and scored on cached prefix states
 # with the letters loss. Gemma 3 270M: SmolLM2-135M reads Chinese as bytes and its top layer
 # does not learn this task (docs/results.md).
 _CROSS_DEVICE: dict[str, Any] = {
@@ -325,9 +325,8 @@ _CROSS_DEVICE: dict[str, Any] = {
     "local.optimizer": "sgd",
     "local.lr": 1.0,
     "local.steps": 1,
-    "server.optimizer": "momentum",
-    "server.lr": 0.5,
-    "server.momentum": 0.9,
+    "server.optimizer": "adam",
+    "server.lr": 0.003,
     "privacy.placement": "central",
     "privacy.clip_norm": 0.5,
     "eval.questions": 1000,
@@ -352,8 +351,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clients": 2000,
         "data.examples_per_client": 4,
         "sampling.rate": 0.1,
-        "rounds": 30,
-        "eval.every": 5,
+        "rounds": 40,
+        "eval.every": 10,
     },
     # What `make demo` runs: the cross-device preset, smaller and shorter.
     "demo": {
@@ -361,7 +360,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clients": 1000,
         "data.examples_per_client": 2,
         "sampling.rate": 0.1,
-        "rounds": 20,
+        "rounds": 40,
         "eval.every": 0,
     },
 }
