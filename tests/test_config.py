@@ -95,3 +95,17 @@ def test_cross_device_presets_set_up_the_regime_in_which_dp_learns():
         assert budget.expected_clients(c) >= 100
     assert demo.clients < full.clients and demo.rounds <= full.rounds
     assert demo.eval.every == 0  # base model first, final model last
+
+
+def test_eval_offset_gives_a_disjoint_held_out_set(tiny_tokenizer):
+    from drencoder.federated.workload import build_workload
+
+    def uids(*overrides):
+        config = load_config(preset="smoke", overrides=list(overrides))
+        return [it.uid for it in build_workload(config, tiny_tokenizer).eval_items]
+
+    first, second = uids("eval.questions=20"), uids("eval.questions=20", "eval.offset=20")
+    assert len(first) == len(second) == 20 and not set(first) & set(second)
+    assert uids("eval.questions=40")[20:] == second
+    with pytest.raises(ConfigError, match="eval.offset"):
+        uids("eval.offset=100000")

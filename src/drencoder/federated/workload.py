@@ -98,23 +98,30 @@ def build_workload(config: RunConfig, tokenizer) -> Workload:
         split = load_sentiment(max_chars=data.max_chars)
         train, fmt = list(split.train), SENTIMENT_FORMAT
         keys = item_keys(train, by="label")
-        eval_items = _balanced(split.heldout, config.eval.questions)
+        ev = config.eval
+        eval_items = _balanced(split.heldout, ev.offset + ev.questions)[ev.offset :]
         description = {"sentiment": dict(split.report)}
     elif task is Task.MMLU:
         split = load_mmlu()
         train, fmt = list(split.finetune), MMLU_FORMAT
         keys = item_keys(train, by="subject")
         subjects = len(split.exemplars)
-        per_subject = math.ceil(config.eval.questions / subjects)
+        ev = config.eval
+        per_subject = math.ceil((ev.offset + ev.questions) / subjects)
         picked = sorted(
             take_per_subject(split.heldout, per_subject=per_subject), key=lambda i: i.uid
         )
-        eval_items = picked[: config.eval.questions]
+        eval_items = picked[ev.offset : ev.offset + ev.questions]
         exemplars = split.exemplars
         counts = split.counts()
         description = {"mmlu": {k: v for k, v in counts.items() if k != "per_subject"}}
     else:  # pragma: no cover - the config enum admits only the tasks above
         raise ConfigError(f"unknown task {task!r}")
+    if not eval_items:
+        raise ConfigError(
+            f"eval.offset = {config.eval.offset} leaves no held-out question to score; "
+            "lower eval.offset"
+        )
     parts = partition(
         keys,
         scheme=data.partition,
