@@ -76,3 +76,15 @@ def test_the_utility_comparison_is_paired_and_says_when_it_is_not_better(tmp_pat
     )
     assert not same["better_than_base"] and "NOT better" in same["statement"]
     assert utility(made[:1], method="m", epsilon=None, delta=1e-5) is None
+
+
+def test_the_report_states_the_cohort_and_the_noise_on_the_mean(tmp_path):
+    _, summary = _run(tmp_path, "run", "memory")
+    noise = summary["privacy"]["noise_on_mean"]
+    # smoke preset: 2 clients at q = 1, central noise: sigma * C / 2 per coordinate.
+    assert noise["expected_clients_per_round"] == 2
+    sigma, clip = summary["privacy"]["noise_multiplier"], summary["privacy"]["clip_norm"]
+    assert abs(noise["std_per_coordinate"] - sigma * clip / 2) < 1e-12
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "clients per round; noise std per coordinate" in report
+    assert "**Result.**" in report and summary["utility"]["statement"] in report

@@ -71,6 +71,23 @@ def not_covered(relation: str) -> list[str]:
     return out
 
 
+def noise_on_mean(cfg, sigma: float | None) -> dict | None:
+    """The expected cohort n and the per-coordinate noise std on the averaged update:
+    σ·C/n with central noise (added once to the sum), σ·C/√n with local noise."""
+    if sigma is None:
+        return None
+    from drencoder.federated.budget import expected_clients
+
+    n = expected_clients(cfg)
+    central = cfg.privacy.placement.value == "central"
+    std = sigma * cfg.privacy.clip_norm / (n if central else math.sqrt(n))
+    return {
+        "expected_clients_per_round": n,
+        "std_per_coordinate": std,
+        "formula": "sigma*C/n (central)" if central else "sigma*C/sqrt(n) (local)",
+    }
+
+
 def utility(rows: list[dict], *, method: str, epsilon: float | None, delta: float) -> dict | None:
     """The final model against the base model on the same held-out questions.
 
@@ -142,6 +159,7 @@ def summarize(sim: FederatedServer) -> dict:
                 "sampling": f"{cfg.sampling.scheme.value} (rate {cfg.sampling.rate:g})"
                 if cfg.sampling.scheme.value == "poisson"
                 else f"fixed ({cfg.sampling.per_round} per round)",
+                "noise_on_mean": noise_on_mean(cfg, sim.noise_multiplier),
                 "target_epsilon": cfg.target_epsilon,
                 "accountant": cfg.privacy.accountant,
                 "charges": sim.ledger.charges(),

@@ -65,6 +65,8 @@ def write_report(
             f"{after['questions']} questions one question is {1 / after['questions']:.3f} of "
             "accuracy; small differences are noise.",
         ]
+    if s.get("utility"):
+        lines += ["", f"**Result.** {s['utility']['statement']}"]
     lines += ["", f"![utility and loss per round]({plots['utility']})", "", "## Privacy", ""]
     priv = s["privacy"]
     if priv.get("private"):
@@ -83,6 +85,16 @@ def write_report(
             "",
             f"- noise multiplier sigma = {_fmt(priv['noise_multiplier'])} "
             f"({priv['sigma_source']}), clip norm C = {_fmt(priv['clip_norm'])}",
+            *(
+                [
+                    f"- about {_fmt(priv['noise_on_mean']['expected_clients_per_round'])} "
+                    "clients per round; noise std per coordinate of the averaged update "
+                    f"{priv['noise_on_mean']['std_per_coordinate']:.3g} "
+                    f"({priv['noise_on_mean']['formula']}, initial C)"
+                ]
+                if priv.get("noise_on_mean")
+                else []
+            ),
             f"- noise placement `{priv['placement']}`, clip point `{priv['clip_point']}`, "
             f"aggregation `{priv['aggregation']}`, sampling `{priv['sampling']}`",
             f"- budget: target epsilon {_fmt(priv['target_epsilon'])} under `{priv['accountant']}`",
