@@ -10,7 +10,8 @@ clients per round and the per-coordinate noise on the mean, σ·C/n.
 Reported per setting: mean ± standard error over seeds of the final accuracy and of the
 gain over the base model, and for each DP setting the share of the non-private gain it
 keeps. Runs that already finished (a ``summary.json`` in their directory) are reused, so
-an interrupted call continues. Writes ``results/cross_device_utility.json``.
+an interrupted call continues (``--finished-only`` summarises what finished and starts
+nothing). Writes ``results/cross_device_utility_<preset>.json``.
 
     python benchmarks/cross_device_utility.py --preset demo --seeds 0,1,2 --epsilons 8,2,1
 """
@@ -101,6 +102,11 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="runs/cross-device-utility")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="start nothing: summarise the runs that already finished",
+    )
     args = parser.parse_args()
     info = machine()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -111,12 +117,16 @@ def main() -> None:
         for e in settings
         for s in seeds
     ]
+    if args.finished_only:
+        jobs = [j for j in jobs if (j[0] / "summary.json").exists()]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda j: run(j[0], args.preset, j[1], j[2], args.extra), jobs))
     table = []
     nodp_gain = None
     for e in settings:
         mine = [r for r in rows if r["target_epsilon"] == e]
+        if not mine:
+            continue
         acc, acc_se = mean_se([r["final_accuracy"] for r in mine])
         gain, gain_se = mean_se([r["gain"] for r in mine])
         if e is None:
