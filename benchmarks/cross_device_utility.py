@@ -73,16 +73,15 @@ def run(out: Path, preset: str, seed: int, epsilon: float | None, extra: list[st
         "seconds_in_rounds": summary["run"]["seconds in rounds"],
     }
     if privacy["private"]:
-        sigma = privacy["noise_multiplier"]
-        n = float(privacy["sampling"].split("rate ")[1].rstrip(")")) * config
+        noise = privacy["noise_on_mean"]
         row.update(
             {
                 "epsilon": privacy["epsilon"],
                 "relation": privacy["relation"],
-                "noise_multiplier": sigma,
+                "noise_multiplier": privacy["noise_multiplier"],
                 "clip_norm": privacy["clip_norm"],
-                "expected_clients_per_round": n,
-                "noise_std_on_mean_per_coordinate": sigma * privacy["clip_norm"] / n,
+                "expected_clients_per_round": noise["expected_clients_per_round"],
+                "noise_std_on_mean_per_coordinate": noise["std_per_coordinate"],
             }
         )
     return row

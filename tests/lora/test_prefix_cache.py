@@ -60,10 +60,10 @@ def _pair(make, layers, seed=3):
     plain = attach_lora(make(), settings, seed=seed)
     cached_base = attach_lora(make(), settings, seed=seed)
     with torch.no_grad():  # a non-zero lora_B so that gradients reach lora_A too
-        for (_, p), (_, q) in zip(
+        for (name, p), (_, q) in zip(
             plain.named_parameters(), cached_base.named_parameters(), strict=True
         ):
-            if "lora_B" in _:
+            if "lora_B" in name:
                 p.normal_(0, 0.3, generator=torch.Generator().manual_seed(7))
                 q.copy_(p)
     return plain, prefix_cached(cached_base, mode="memory")

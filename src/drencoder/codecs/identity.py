@@ -1,4 +1,4 @@
-"""The exact codec: the latent is the update itself (``dp-fedavg-lora``, DESIGN.md §5)."""
+"""The exact codec: the latent is the update itself (``dp-fedavg-lora``, docs/running.md)."""
 
 from __future__ import annotations
 

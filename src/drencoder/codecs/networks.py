@@ -1,8 +1,8 @@
 """The auto-encoder networks (``torch.nn``), kept apart from the codec plumbing.
 
 Both expose ``.encoder`` and ``.decoder`` submodules. Tanh is the activation, as in the
-predecessor CG-FedLLM (paper.md §2.4); the latent itself is linear (no activation), so its
-scale is free and clipping in latent space (DESIGN.md §2 stage 2 step 4) sees it as is.
+predecessor CG-FedLLM; the latent itself is linear (no activation), so its
+scale is free and clipping in latent space (docs/codecs.md) sees it as is.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Seeded shared random projection: the "untrained encoder" baseline (DESIGN.md §5).
+"""Seeded shared random projection: the "untrained encoder" baseline (docs/running.md).
 
 Structured like the chunked auto-encoder so that both have the same latent size k: the
 zero-padded flat vector is cut into chunks of ``chunk_size`` c (default 4096) and every

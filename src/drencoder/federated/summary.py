@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from drencoder import __version__
-from drencoder.federated import rundir
+from drencoder.federated import budget, rundir
 from drencoder.reporting import plot_run, write_report
 
 if TYPE_CHECKING:
@@ -76,9 +76,7 @@ def noise_on_mean(cfg, sigma: float | None) -> dict | None:
     σ·C/n with central noise (added once to the sum), σ·C/√n with local noise."""
     if sigma is None:
         return None
-    from drencoder.federated.budget import expected_clients
-
-    n = expected_clients(cfg)
+    n = budget.expected_clients(cfg)
     central = cfg.privacy.placement.value == "central"
     std = sigma * cfg.privacy.clip_norm / (n if central else math.sqrt(n))
     return {

@@ -265,11 +265,14 @@ class PrefixCachedLM(torch.nn.Module):
         return [self.store.get(self.store.key(r)) for r in rows]
 
     # -- the causal-LM interface ----------------------------------------------------------
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's final logit soft-capping (Gemma), where it has one."""
+        if self.softcap is None:
+            return logits
+        return torch.tanh(logits / self.softcap) * self.softcap
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self._parts["head"](hidden)
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self._capped(self._parts["head"](hidden))
 
     def _choice_logits(self, hidden: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
         """``[N, C]`` logits of the ``choices`` token ids only: the rows of the output head
@@ -278,9 +281,7 @@ class PrefixCachedLM(torch.nn.Module):
         logits = torch.einsum("nh,nch->nc", hidden, head.weight[choices])
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[choices]
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self._capped(logits)
 
     def forward(
         self,

@@ -1,7 +1,7 @@
 """Clipping, the one place DP noise is drawn, and the client-level Gaussian mechanism.
 
 Mechanisms describe themselves with ``dp_accounting`` events; composing them into ε is the
-job of :mod:`drencoder.accounting` (STYLE.md habit 1).
+job of :mod:`drencoder.accounting` (mechanisms describe, the ledger accounts).
 """
 
 from drencoder.mechanisms.clipping import check_clip_norm, clip_l2

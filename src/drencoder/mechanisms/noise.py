@@ -1,4 +1,4 @@
-"""The one function that draws differential-privacy noise (STYLE.md habit 5).
+"""The one function that draws differential-privacy noise (one place to audit).
 
 Every Gaussian sample that protects privacy in drencoder comes from :func:`gaussian_noise`,
 always from an explicit ``torch.Generator`` and never from torch's global RNG. Why:
