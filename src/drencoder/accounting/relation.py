@@ -17,6 +17,13 @@ the adversary sees:
   data. Its clipped vector can move anywhere in the ball of radius C, a shift of up to 2C:
   the same Gaussian mechanism is twice as sensitive.
 
+Record-level DP (unit ``record``): the protected unit is one training example of one
+client, and every client runs DP-SGD on its own data with Poisson-sampled batches drawn
+from its own private randomness. Nobody outside the client sees which examples a step
+used, so DP-SGD's standard statement holds: ``add-remove`` of one example (sensitivity C
+per step, amplification by the Poisson sampling of examples), what ``auto`` picks for it.
+``replace-one`` (2C) can be chosen and is only conservative.
+
 The event of a round stays the mechanism's own (``GaussianDpEvent(σ)`` with σ the noise
 std over C); the relation decides the analysis (see :mod:`drencoder.accounting.accountants`).
 This module imports dp-accounting only: the mechanism enums live in a package that
@@ -36,6 +43,7 @@ from drencoder.errors import ConfigError
 
 PLACEMENTS = ("local", "central")
 SAMPLINGS = ("poisson", "fixed")
+UNITS = ("client", "record")
 
 
 class Relation(enum.StrEnum):
@@ -71,11 +79,14 @@ def _hides_participation(placement: str, sampling: str) -> bool:
     return placement == "central" and sampling == "poisson"
 
 
-def resolve_relation(choice: str, *, placement: str, sampling: str) -> Relation:
+def resolve_relation(
+    choice: str, *, placement: str, sampling: str, unit: str = "client"
+) -> Relation:
     """The relation to account under: ``auto`` picks the one that holds for the setting.
 
-    ``auto`` gives add-remove only for ``central`` noise with ``poisson`` sampling, and
-    replace-one otherwise. An explicit relation is returned as given, so a user can state ε
+    ``auto`` gives add-remove for record-level DP (``unit = "record"``, DP-SGD over each
+    client's examples) and, at client level, only for ``central`` noise with ``poisson``
+    sampling; replace-one otherwise. An explicit relation is returned as given, so a user can state ε
     under the other relation on purpose; :func:`relation_warning` says when that choice is
     weaker than what holds.
     """
@@ -84,13 +95,17 @@ def resolve_relation(choice: str, *, placement: str, sampling: str) -> Relation:
             f"relation must be one of {list(RELATION_CHOICES)}, got relation={choice!r}; "
             "use 'auto' to pick the relation that holds for the placement and sampling"
         )
+    if _check_setting("unit", unit, UNITS) == "record":
+        return Relation.ADD_REMOVE if choice == "auto" else Relation(choice)
     hides = _hides_participation(placement, sampling)
     if choice == "auto":
         return Relation.ADD_REMOVE if hides else Relation.REPLACE_ONE
     return Relation(choice)
 
 
-def relation_warning(relation: str | Relation, *, placement: str, sampling: str) -> str | None:
+def relation_warning(
+    relation: str | Relation, *, placement: str, sampling: str, unit: str = "client"
+) -> str | None:
     """A one-line warning when ``relation`` claims more than the setting supports, else None.
 
     Add-remove protects a client whose presence is secret; when the aggregating party sees
@@ -99,6 +114,8 @@ def relation_warning(relation: str | Relation, *, placement: str, sampling: str)
     conservative and gets no warning.
     """
     relation = parse_relation(relation)
+    if _check_setting("unit", unit, UNITS) == "record":
+        return None  # add-remove of one example holds for DP-SGD (module docstring)
     if relation is Relation.ADD_REMOVE and not _hides_participation(placement, sampling):
         return (
             f"relation add-remove with placement={placement}, sampling={sampling}: the party "

@@ -28,7 +28,14 @@ import tomli_w
 from drencoder.accounting.relation import Relation, resolve_relation
 from drencoder.config.schema import PRESETS, Method, RunConfig, ServerOptimizer
 from drencoder.errors import ConfigError
-from drencoder.mechanisms.options import Aggregation, ClipPoint, NoisePlacement, Sampling
+from drencoder.mechanisms.options import (
+    Aggregation,
+    ClipPoint,
+    NoisePlacement,
+    PrivacyUnit,
+    RecordSpace,
+    Sampling,
+)
 
 
 def _closest(name: str, known: list[str]) -> str:
@@ -275,6 +282,7 @@ def _apply_method(config: RunConfig, explicit: set[str]) -> RunConfig:
             "added to the sum of latents, whose sensitivity is only bounded when the latent "
             "itself is clipped"
         )
+    _check_record_unit(config, explicit)
     _check_accountant(config)
     _check_server_optimizer(config, explicit)
     _check_adaptive_clipping(config, explicit)
@@ -362,11 +370,71 @@ def _check_adaptive_clipping(config: RunConfig, explicit: set[str]) -> None:
             ) from None
 
 
+_CODEC_METHODS = (Method.DP_RANDOM_PROJECTION, Method.DR_ENCODER)
+
+
+def _check_record_unit(config: RunConfig, explicit: set[str]) -> None:
+    """Record-level DP (privacy.unit = record) needs a DP method and replaces the
+    client-level mechanism; its latent option needs a codec."""
+    p, defaults = config.privacy, RunConfig().privacy
+    if p.unit is PrivacyUnit.CLIENT:
+        if p.record_space is not RecordSpace.LORA:
+            raise ConfigError(
+                f"privacy.record_space = {p.record_space.value!r} has no effect with "
+                "privacy.unit = 'client': set privacy.unit = record (DP-SGD in each client) "
+                "or drop privacy.record_space"
+            )
+        return
+    if config.method is Method.FEDAVG_LORA:
+        raise ConfigError(
+            "privacy.unit = record needs a DP method: 'fedavg-lora' adds no noise; pick "
+            "dp-fedavg-lora, ffa-lora-dp, dp-random-projection or dr-encoder, or drop "
+            "privacy.unit"
+        )
+    if p.record_space is RecordSpace.LATENT and config.method not in _CODEC_METHODS:
+        raise ConfigError(
+            f"privacy.record_space = latent needs a method with a codec "
+            f"({', '.join(m.value for m in _CODEC_METHODS)}); {config.method.value!r} sends "
+            "the LoRA update itself, so its latent is the LoRA space: use record_space = lora"
+        )
+    # The client-level mechanism is off with the record unit (not stacked): its keys
+    # would silently do nothing, so a changed value is refused.
+    for key, why in (
+        ("placement", "no noise is added to the sent update (DP-SGD noises every step)"),
+        ("clip_point", "the sent update is not clipped (DP-SGD clips every example)"),
+        ("clip_quantile", "adaptive clipping adapts the client-level clip norm"),
+    ):
+        value = getattr(p, key)
+        if value != getattr(defaults, key):
+            shown = value.value if isinstance(value, enum.Enum) else value
+            raise ConfigError(
+                f"privacy.{key} = {shown!r} applies to client-level DP; with privacy.unit = "
+                f"record {why}. Drop privacy.{key} or use privacy.unit = client"
+            )
+
+
 def _check_accountant(config: RunConfig) -> None:
     """The budget accountant must give a valid bound for this run's events."""
     if config.method is Method.FEDAVG_LORA:
         return
     p, s = config.privacy, config.sampling
+    if p.unit is PrivacyUnit.RECORD:
+        # Every DP-SGD step is Poisson-subsampled (q = batch / examples, below 1 unless a
+        # client holds no more examples than a batch).
+        if p.accountant == "gdp":
+            raise ConfigError(
+                "privacy.accountant = gdp cannot decide the budget of record-level DP-SGD: "
+                "its steps are Poisson-subsampled and GDP is then a central-limit "
+                "approximation that can understate epsilon; use pld (default) or rdp. GDP "
+                "is still reported."
+            )
+        if p.accountant == "rdp" and p.relation == Relation.REPLACE_ONE.value:
+            raise ConfigError(
+                "privacy.accountant = rdp cannot account Poisson-subsampled DP-SGD steps "
+                "under privacy.relation = replace-one (dp-accounting's RDP has no such "
+                "analysis); use pld (default) or relation = auto (add-remove)"
+            )
+        return
     amplified = (
         p.placement is NoisePlacement.CENTRAL and s.scheme is Sampling.POISSON and s.rate < 1
     )

@@ -19,6 +19,8 @@ from drencoder.mechanisms.options import (
     ClipPoint,
     ConfigEnum,
     NoisePlacement,
+    PrivacyUnit,
+    RecordSpace,
     Sampling,
 )
 from drencoder.prior.pooling import Pooling
@@ -174,6 +176,24 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
+    unit: PrivacyUnit = field(
+        default=PrivacyUnit.CLIENT,
+        metadata=_help(
+            "What epsilon protects: client (a client's whole dataset; its update is clipped "
+            "and noised each round) or record (one example; every client runs DP-SGD on its "
+            "own data and its update is sent without client-level noise). With record, "
+            "noise_multiplier and clip_norm are DP-SGD's, per example and step. See "
+            "docs/privacy.md."
+        ),
+    )
+    record_space: RecordSpace = field(
+        default=RecordSpace.LORA,
+        metadata=_help(
+            "Record unit only: clip and noise each per-example gradient in the LoRA space "
+            "(lora) or in the codec's latent (latent: encode, clip, sum, noise, decode; "
+            "dp-random-projection and dr-encoder only)."
+        ),
+    )
     noise_multiplier: float | None = field(
         default=None,
         metadata=_help("sigma; none = calibrate from target_epsilon for the planned run.", gt=0),

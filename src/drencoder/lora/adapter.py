@@ -215,6 +215,12 @@ def adapter_layout(peft_model, *, sent: str | SentBlocks = SentBlocks.ALL) -> La
     return layout.select(is_b_block) if sent is SentBlocks.B_ONLY else layout
 
 
+def trainable_parameters(peft_model) -> dict[str, torch.nn.Parameter]:
+    """The live adapter matrices with ``requires_grad``, by normalised key in layout order."""
+    params = _adapter_params(peft_model)
+    return {k: params[k] for k in sorted(params, key=natural_key) if params[k].requires_grad}
+
+
 def trainable_keys(peft_model) -> tuple[str, ...]:
     """Keys of the adapter matrices with ``requires_grad``, in layout order."""
     params = _adapter_params(peft_model)

@@ -12,6 +12,8 @@ from drencoder.mechanisms.options import (
     ClipPoint,
     ConfigEnum,
     NoisePlacement,
+    PrivacyUnit,
+    RecordSpace,
     Sampling,
 )
 
@@ -21,6 +23,8 @@ __all__ = [
     "ConfigEnum",
     "GaussianMechanism",
     "NoisePlacement",
+    "PrivacyUnit",
+    "RecordSpace",
     "Sampling",
     "check_clip_norm",
     "check_noise_multiplier",

@@ -61,6 +61,34 @@ class Aggregation(ConfigEnum):
     DECODE_THEN_MEAN = "decode_then_mean"
 
 
+class PrivacyUnit(ConfigEnum):
+    """What one epsilon protects (DESIGN.md §3, docs/privacy.md).
+
+    ``client`` (default): one client's whole dataset; each round's update is clipped and
+    noised (client-level DP). ``record``: one training example; every client runs DP-SGD
+    on its own data (Poisson-sampled batches, per-example clipping, Gaussian noise per
+    step) and accounts for its own records. The sent update is then post-processing of
+    DP-SGD and is neither clipped nor noised again (the two are not stacked).
+    """
+
+    CLIENT = "client"
+    RECORD = "record"
+
+
+class RecordSpace(ConfigEnum):
+    """Where record-level DP-SGD clips and noises each per-example gradient.
+
+    ``lora`` (default): in the LoRA parameter space (dimension d of the trained matrices).
+    ``latent``: in the codec's latent (DR-Encoder's idea at record level): each per-example
+    gradient is encoded, clipped in the latent, the clipped latents summed and noised
+    there (dimension k), and the noisy sum decoded into the gradient step. Needs a method
+    with a codec (dp-random-projection, dr-encoder).
+    """
+
+    LORA = "lora"
+    LATENT = "latent"
+
+
 class Sampling(ConfigEnum):
     """How the server picks the clients of a round (DESIGN.md §2 stage 2 step 1).
 
