@@ -86,9 +86,9 @@ def resolve_relation(
 
     ``auto`` gives add-remove for record-level DP (``unit = "record"``, DP-SGD over each
     client's examples) and, at client level, only for ``central`` noise with ``poisson``
-    sampling; replace-one otherwise. An explicit relation is returned as given, so a user can state ε
-    under the other relation on purpose; :func:`relation_warning` says when that choice is
-    weaker than what holds.
+    sampling; replace-one otherwise. An explicit relation is returned as given, so a user
+    can state ε under the other relation on purpose; :func:`relation_warning` says when
+    that choice is weaker than what holds.
     """
     if choice not in RELATION_CHOICES:
         raise ConfigError(
