@@ -24,6 +24,10 @@ what calibration solves for and what the ledger charges; the update is noised wi
 Calibration plans for the worst client: with ``local`` noise a client could take part in
 every round, so σ is calibrated for T full participations; the run's actual ledger
 charges what happened and the budget stop uses it.
+
+Record-level DP (``privacy.unit = record``) charges each participant its own DP-SGD steps
+under add-remove of one example (:mod:`drencoder.federated.record`); σ is then DP-SGD's,
+calibrated for the client with the fewest examples taking part in every round.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from dp_accounting import dp_event
 
 from drencoder import accounting
 from drencoder.config import RunConfig
-from drencoder.federated import adaptive_clipping
-from drencoder.mechanisms import GaussianMechanism, NoisePlacement, Sampling
+from drencoder.errors import ConfigError
+from drencoder.federated import adaptive_clipping, record
+from drencoder.mechanisms import GaussianMechanism, NoisePlacement, PrivacyUnit, Sampling
 
 
 def amplification_rate(config: RunConfig) -> float:
@@ -67,6 +72,7 @@ def relation(config: RunConfig) -> accounting.Relation:
         config.privacy.relation,
         placement=config.privacy.placement.value,
         sampling=config.sampling.scheme.value,
+        unit=config.privacy.unit.value,
     )
 
 
@@ -76,6 +82,7 @@ def relation_warning(config: RunConfig) -> str | None:
         relation(config),
         placement=config.privacy.placement.value,
         sampling=config.sampling.scheme.value,
+        unit=config.privacy.unit.value,
     )
 
 
@@ -166,10 +173,29 @@ def planned_event(
     return dp_accounting.ComposedDpEvent([stats_event, rounds])
 
 
-def calibrate_noise(config: RunConfig, stats_event: dp_event.DpEvent | None) -> float:
-    """The smallest σ whose planned ε does not exceed ``target_epsilon``."""
+def calibrate_noise(
+    config: RunConfig,
+    stats_event: dp_event.DpEvent | None,
+    *,
+    examples: Sequence[int] | None = None,
+) -> float:
+    """The smallest σ whose planned ε does not exceed ``target_epsilon``.
+
+    With ``privacy.unit = record`` σ is DP-SGD's and ``examples`` (each client's example
+    count) is required: the client with the fewest examples has the largest q."""
+    if config.privacy.unit is PrivacyUnit.RECORD:
+        if not examples:
+            raise ConfigError("record-level calibration needs each client's example count")
+
+        def make_event(sigma: float) -> dp_event.DpEvent:
+            return record.planned_event(sigma, config, examples, stats_event)
+    else:
+
+        def make_event(sigma: float) -> dp_event.DpEvent:
+            return planned_event(sigma, config, stats_event)
+
     return accounting.calibrate(
-        lambda sigma: planned_event(sigma, config, stats_event),
+        make_event,
         target_epsilon=config.target_epsilon,
         delta=config.delta,
         accountant=config.privacy.accountant,

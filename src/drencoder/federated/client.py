@@ -21,6 +21,8 @@ from drencoder.lora import (
     set_adapter_state,
     train_local,
 )
+from drencoder.lora.adapter import trainable_parameters
+from drencoder.lora.dp_sgd import DpSgd, GradientSpace, train_local_dp
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
 
 
@@ -42,6 +44,33 @@ def local_update(
     assert_adapter_changed(global_state, after, keys=layout.keys)
     delta = adapter_delta(global_state, after)
     return layout.flatten(layout.restrict(delta)), losses
+
+
+def local_update_dp(
+    model,
+    global_state: Mapping[str, torch.Tensor],
+    batches: Sequence[Mapping[str, torch.Tensor] | None],
+    settings: TrainSettings,
+    dp: DpSgd,
+    *,
+    layout: Layout,
+    generator: torch.Generator,
+    seed: int,
+    space: GradientSpace | None = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """Record-level :func:`local_update`: DP-SGD from ``global_state``
+    (:func:`~drencoder.lora.dp_sgd.train_local_dp`); the flat update Δ in ``layout`` and
+    the losses of the non-empty steps. The trainable matrices must be ``layout``'s blocks
+    (they are for every method: FFA-LoRA trains and sends ``lora_B`` only)."""
+    set_adapter_state(model, global_state)
+    params = trainable_parameters(model)
+    if tuple(params) != layout.keys:
+        raise AssertionError("the trainable LoRA matrices are not the uplink layout's blocks")
+    report = train_local_dp(
+        model, batches, settings, dp, layout=layout, generator=generator, seed=seed, space=space
+    )
+    delta = adapter_delta(global_state, get_adapter_state(model))
+    return layout.flatten(layout.restrict(delta)), report.losses
 
 
 def make_message(

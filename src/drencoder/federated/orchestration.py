@@ -66,6 +66,7 @@ from drencoder.federated.charges import absorb_pending, charge_ahead, clear_pend
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.codec_setup import build_codec
 from drencoder.federated.methods import spec_for
+from drencoder.federated.record import RecordDpSgd, round_charges
 from drencoder.federated.rounds import (
     ClientPool,
     RoundPlan,
@@ -88,7 +89,7 @@ from drencoder.lora import (
     get_adapter_state,
     set_adapter_state,
 )
-from drencoder.mechanisms import GaussianMechanism
+from drencoder.mechanisms import GaussianMechanism, PrivacyUnit
 
 log = logging.getLogger("drencoder")
 
@@ -173,7 +174,7 @@ class FederatedServer:
             stats_event = (
                 budget.statistics_event(self.release, self.relation) if self.spec.stage1 else None
             )
-            sigma = budget.calibrate_noise(self.config, stats_event)
+            sigma = budget.calibrate_noise(self.config, stats_event, examples=self.example_counts)
             self.sigma_source = (
                 f"calibrated for epsilon <= {self.config.target_epsilon:g} under "
                 f"{self.config.privacy.accountant}"
@@ -191,8 +192,27 @@ class FederatedServer:
         )
 
     @property
+    def record_level(self) -> bool:
+        """Whether epsilon protects records (DP-SGD in each client) rather than clients."""
+        return self.spec.private and self.config.privacy.unit is PrivacyUnit.RECORD
+
+    @property
+    def example_counts(self) -> list[int]:
+        """Each client's number of training examples (record-level q = b / n)."""
+        return [len(examples) for examples in self.workload.clients]
+
+    @property
+    def record_dp_sgd(self) -> RecordDpSgd | None:
+        """Record-level DP: the DP-SGD every participant runs; None at client level."""
+        if not self.record_level or self.noise_multiplier is None:
+            return None
+        return RecordDpSgd.from_config(self.config, self.noise_multiplier)
+
+    @property
     def mechanism(self) -> GaussianMechanism | None:
-        if not self.spec.private:
+        """The client-level mechanism of the sent update; None without DP and with
+        record-level DP (the update is post-processing of DP-SGD, sent as it is)."""
+        if not self.spec.private or self.record_level:
             return None
         return GaussianMechanism(
             clip_norm=self.clip_norm,
@@ -219,6 +239,9 @@ class FederatedServer:
         """Charge round ``plan.round`` before its tasks are sent (never refunded): with local
         noise every *sampled* client, whether or not its reply arrives; central noise every
         client."""
+        for event, charged in plan.record_charges:
+            label = plan.record.label(plan.round, self.example_counts[charged[0]])
+            self.charge(event, kind="round", round=plan.round, clients=charged, label=label)
         if plan.charge is not None:
             event, charged = plan.charge
             label = budget.round_label(
@@ -461,6 +484,32 @@ class FederatedServer:
         )
         self.finish_round(plan, replies, started=start)
 
+    def _record_plan(self, t: int, sampled: list[int]) -> tuple[list[int], list[int]]:
+        """Record-level budget stop per client: the sampled clients whose round stays within
+        the target, and those left out. Raises :class:`BudgetExceeded` when no client at
+        all could take part."""
+        cfg, record = self.config, self.record_dp_sgd
+        if cfg.target_epsilon is None:
+            return sampled, []
+        counts = self.example_counts
+
+        def fits(c: int) -> bool:
+            return not self.ledger.would_exceed(
+                record.event(counts[c]),
+                target_epsilon=cfg.target_epsilon,
+                accountant=cfg.privacy.accountant,
+                clients=[c],
+            )
+
+        if not any(fits(c) for c in range(cfg.clients)):
+            raise BudgetExceeded(
+                f"Stopped before round {t}: every client has spent its record-level budget "
+                f"(one more round would take its epsilon past {cfg.target_epsilon:g} under "
+                f"{cfg.privacy.accountant})."
+            )
+        keep = [c for c in sampled if fits(c)]
+        return keep, [c for c in sampled if c not in keep]
+
     def plan_round(self, t: int) -> RoundPlan:
         """Sample the round's clients, draw their seeds, check the budget.
 
@@ -475,6 +524,9 @@ class FederatedServer:
             per_round=cfg.sampling.per_round,
             generator=self.generators["sampling"],
         )
+        exhausted: list[int] = []
+        if self.record_level:
+            sampled, exhausted = self._record_plan(t, sampled)
         tasks = tuple(
             ClientTask(
                 round=t,
@@ -484,6 +536,16 @@ class FederatedServer:
             )
             for c in sampled
         )
+        if self.record_level:
+            record = self.record_dp_sgd
+            return RoundPlan(
+                round=t,
+                tasks=tasks,
+                charge=None,
+                record=record,
+                record_charges=tuple(round_charges(record, sampled, self.example_counts)),
+                exhausted=tuple(exhausted),
+            )
         charge = None
         if mech is not None:
             event, charged = budget.round_charge(mech, cfg, sampled, count_noise=self.count_noise)
@@ -585,6 +647,7 @@ class FederatedServer:
             "failed": {str(c): reason for c, reason in failed.items()},
             "rejected": {str(c): reason for c, reason in rejected.items()},
             "epsilon": self._epsilons(),
+            "unit": self.config.privacy.unit.value if self.spec.private else None,
             "relation": self.relation.value if self.spec.private else None,
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": clip_norm if self.spec.private else None,
@@ -593,6 +656,8 @@ class FederatedServer:
             "bytes_down": len(plan.sampled) * self.layout.dim * 4,
             "seconds": time.perf_counter() - started if started is not None else 0.0,
         }
+        if plan.exhausted:
+            row["exhausted"] = list(plan.exhausted)
         if fraction is not None:
             # Released (noisy) values only: the count is a DP release, C is its
             # post-processing.

@@ -16,6 +16,7 @@ import torch
 
 from drencoder.codecs import Codec
 from drencoder.errors import DrencoderError
+from drencoder.federated.record import RecordDpSgd
 from drencoder.federated.runtime import ClientResult, ClientTask
 from drencoder.federated.stage1 import Stage1Task
 from drencoder.mechanisms import GaussianMechanism, noise_generator, reseed_from_entropy
@@ -64,7 +65,15 @@ class RoundPlan:
     round: int
     tasks: tuple[ClientTask, ...]
     charge: tuple | None
-    """``(event, clients)`` from :func:`budget.round_charge`, or None for a non-private run."""
+    """``(event, clients)`` from :func:`budget.round_charge`, or None for a non-private run
+    (and for record-level DP, whose charges are :attr:`record_charges`)."""
+    record: RecordDpSgd | None = None
+    """Record-level DP: the DP-SGD every participant runs (None at client level)."""
+    record_charges: tuple = ()
+    """Record-level DP: ``(event, clients)`` per distinct example count of the participants."""
+    exhausted: tuple[int, ...] = ()
+    """Record-level DP: sampled clients left out because the round would take their ε past
+    the target (budget stop per client)."""
 
     @property
     def sampled(self) -> list[int]:

@@ -22,6 +22,7 @@ run's outputs mark them as not covered by epsilon.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -30,11 +31,14 @@ import torch
 from drencoder.codecs import Codec, IdentityCodec
 from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig
-from drencoder.federated.client import local_update, make_reply
+from drencoder.federated.client import local_update, local_update_dp, make_reply
+from drencoder.federated.record import RecordDpSgd
 from drencoder.federated.stage1 import Stage1Task, release_client_statistics, release_for
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
-from drencoder.mechanisms import ClipPoint, GaussianMechanism
+from drencoder.errors import ConfigError
+from drencoder.lora.dp_sgd import DpSgd
+from drencoder.mechanisms import ClipPoint, GaussianMechanism, RecordSpace
 from drencoder.prior import ClientStatistics, StatisticsRelease
 
 log = logging.getLogger(__name__)
@@ -142,6 +146,40 @@ class ClientRuntime:
             release = release if release is not None else release_for(self.config)
             return release.release(stats, generator=self.noise_generator), 0.0
 
+    def _train_dp_sgd(
+        self,
+        task: ClientTask,
+        global_state: dict[str, torch.Tensor],
+        codec: Codec,
+        record: RecordDpSgd,
+    ) -> tuple[torch.Tensor, list[float]]:
+        """Record-level DP-SGD from ``global_state``: the update (flat, in the uplink
+        layout) and the losses of the non-empty steps."""
+        examples = len(self.workload.clients[task.client])
+        dp = DpSgd.for_client(
+            clip_norm=record.clip_norm,
+            noise_multiplier=record.noise_multiplier,
+            batch_size=record.batch_size,
+            examples=examples,
+        )
+        # Which examples a step uses is part of the mechanism (Poisson sampling): drawn from
+        # this client's private generator, never from a seed the server knows.
+        batches = self.workload.poisson_batches(
+            task.client, steps=record.steps, rate=dp.sample_rate, generator=self.noise_generator
+        )
+        space = codec if record.space == RecordSpace.LATENT.value else None
+        return local_update_dp(
+            self.model,
+            global_state,
+            batches,
+            dataclasses.replace(self.config.local, steps=record.steps),
+            dp,
+            layout=self.layout,
+            generator=self.noise_generator,
+            seed=task.train_seed,
+            space=space,
+        )
+
     def train(
         self,
         task: ClientTask,
@@ -153,8 +191,14 @@ class ClientRuntime:
         report_clip_bit: bool | None = None,
         diagnostics: bool = True,
         fail_closed: bool = False,
+        record: RecordDpSgd | None = None,
     ) -> ClientResult:
         """Stage 2: train from ``global_state``, encode, clip and (locally) noise.
+
+        ``record`` (record-level DP): train with the described DP-SGD instead, over
+        batches Poisson-sampled from this client's examples with its own noise generator,
+        and send the encoded update without client-level clipping or noise
+        (``mechanism`` must then be None).
 
         ``clip_point`` defaults to ``config.privacy.clip_point``; a deployed client passes
         the one the server described, as it passes the server's ``mechanism``.
@@ -167,23 +211,31 @@ class ClientRuntime:
         outside the mechanism. The simulator keeps the default and raises.
         """
         cfg = self.config
-        batches = self.workload.batches(
-            task.client,
-            steps=cfg.local.steps,
-            batch_size=cfg.data.batch_size,
-            generator=torch.Generator().manual_seed(task.data_seed),
-        )
-        try:
-            update, losses = local_update(
-                self.model,
-                global_state,
-                batches,
-                cfg.local,
-                layout=self.layout,
-                seed=task.train_seed,
-                progress=self.progress,
-                desc=f"client {task.client}",
+        if record is not None and mechanism is not None:
+            raise ConfigError(
+                "record-level DP sends the DP-SGD update without client-level clipping or "
+                "noise; got both a record DP-SGD description and a client-level mechanism"
             )
+        try:
+            if record is not None:
+                update, losses = self._train_dp_sgd(task, global_state, codec, record)
+            else:
+                batches = self.workload.batches(
+                    task.client,
+                    steps=cfg.local.steps,
+                    batch_size=cfg.data.batch_size,
+                    generator=torch.Generator().manual_seed(task.data_seed),
+                )
+                update, losses = local_update(
+                    self.model,
+                    global_state,
+                    batches,
+                    cfg.local,
+                    layout=self.layout,
+                    seed=task.train_seed,
+                    progress=self.progress,
+                    desc=f"client {task.client}",
+                )
             if not bool(torch.isfinite(update).all()):
                 raise FloatingPointError("local training produced a non-finite update")
         except Exception as exc:
@@ -211,7 +263,7 @@ class ClientRuntime:
             generator=self.noise_generator,
         )
         if report_clip_bit is None:
-            report_clip_bit = cfg.privacy.clip_quantile is not None
+            report_clip_bit = cfg.privacy.clip_quantile is not None and record is None
         return ClientResult(
             client=task.client,
             message=message,

@@ -85,7 +85,11 @@ class InProcessClients:
             try:
                 hook("client_work", round=plan.round, client=task.client)
                 replies[task.client] = self.runtime.train(
-                    task, global_state=global_state, codec=codec, mechanism=mechanism
+                    task,
+                    global_state=global_state,
+                    codec=codec,
+                    mechanism=mechanism,
+                    record=plan.record,
                 )
             except AssertionError:  # a broken invariant is a bug, never a dropout
                 raise

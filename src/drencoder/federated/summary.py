@@ -14,6 +14,7 @@ import torch
 
 from drencoder import __version__
 from drencoder.federated import budget, rundir
+from drencoder.federated.record import per_client_epsilon
 from drencoder.reporting import plot_run, write_report
 
 if TYPE_CHECKING:
@@ -40,7 +41,13 @@ def noise_seed_statement(cfg) -> str:
 
 def holds_against(cfg) -> str:
     """Which parties the run's epsilon holds against, in one sentence."""
-    if cfg.privacy.placement.value == "local":
+    if cfg.privacy.unit.value == "record":
+        who = (
+            "the server, an eavesdropper, other clients and anyone with the outputs, for "
+            "each record of each client (DP-SGD noise is added inside the client); the "
+            "number of examples each client holds is treated as public"
+        )
+    elif cfg.privacy.placement.value == "local":
         who = "the server, an eavesdropper, other clients and anyone with the outputs"
     else:
         who = (
@@ -83,6 +90,42 @@ def noise_on_mean(cfg, sigma: float | None) -> dict | None:
         "expected_clients_per_round": n,
         "std_per_coordinate": std,
         "formula": "sigma*C/n (central)" if central else "sigma*C/sqrt(n) (local)",
+    }
+
+
+def record_section(sim: FederatedServer, eps: dict | None) -> dict:
+    """summary.json's record-level fields: the worst client's per-record ε and each
+    client's own, and what DP-SGD ran; the client-level fields that do not apply are
+    None."""
+    cfg = sim.config
+    record = sim.record_dp_sgd
+    counts = sim.example_counts
+    worst = (eps or {}).get(cfg.privacy.accountant)
+    per_client = per_client_epsilon(sim.ledger, cfg.clients, cfg.privacy.accountant)
+    return {
+        "placement": None,
+        "clip_point": None,
+        "noise_on_mean": None,
+        "record": {
+            "epsilon_worst_client": worst,
+            "epsilon_per_client": per_client,
+            "accountant": cfg.privacy.accountant,
+            "dp_sgd": None if record is None else record.to_json(),
+            "sample_rate_per_client": [
+                None if record is None else record.sample_rate(n) for n in counts
+            ],
+            "space": cfg.privacy.record_space.value,
+            "statement": (
+                f"record-level DP: every client ran DP-SGD on its own examples (Poisson "
+                f"sampling at q = batch / examples, each example's gradient clipped to "
+                f"C = {cfg.privacy.clip_norm:g} in the {cfg.privacy.record_space.value} space, "
+                f"noise multiplier {sim.noise_multiplier:g} per step); the worst client's "
+                f"per-record epsilon is "
+                + ("n/a" if worst is None else f"{worst:.3g}")
+                + f" at delta {cfg.delta:g} ({cfg.privacy.accountant}, {sim.relation.value} of "
+                "one example)"
+            ),
+        },
     }
 
 
@@ -165,6 +208,9 @@ def summarize(sim: FederatedServer) -> dict:
                 "gdp_clt": sim.ledger.uses_clt(),
             }
         )
+        privacy["unit"] = cfg.privacy.unit.value
+        if sim.record_level:
+            privacy.update(record_section(sim, eps))
         if sim.count_noise is not None:
             privacy["adaptive_clipping"] = {
                 "target_quantile": cfg.privacy.clip_quantile,

@@ -73,6 +73,25 @@ class Workload:
             for s in range(steps)
         ]
 
+    def poisson_batches(
+        self, client: int, *, steps: int, rate: float, generator: torch.Generator
+    ) -> list[dict[str, torch.Tensor] | None]:
+        """``steps`` Poisson-sampled batches for record-level DP-SGD: each of the client's
+        examples enters each batch independently with probability ``rate``. An empty batch
+        is None (the step still adds its noise). ``generator`` must be the client's
+        private one: which examples a step used is part of the mechanism."""
+        examples = self.clients[client]
+        out: list[dict[str, torch.Tensor] | None] = []
+        for _ in range(steps):
+            draws = torch.rand(len(examples), generator=generator, dtype=torch.float64)
+            picks = (draws < rate).nonzero().reshape(-1).tolist()
+            out.append(
+                collate([examples[j] for j in picks], pad_token_id=self.pad_token_id)
+                if picks
+                else None
+            )
+        return out
+
 
 def _balanced(items: Sequence[MCItem], n: int) -> list[MCItem]:
     """``n`` items alternating over answers, each answer's items in uid order."""

@@ -1,0 +1,190 @@
+"""Record-level DP (privacy.unit = record) in the simulator: accounting per client, the
+budget stop per client, the latent option, and the config's refusals."""
+
+from __future__ import annotations
+
+import json
+
+import dp_accounting
+import pytest
+import torch
+
+from conftest import tiny_simulator
+from drencoder.config import load_config
+from drencoder.errors import ConfigError
+from drencoder.federated import budget
+from drencoder.federated.record import RecordDpSgd, planned_event, round_charges
+
+pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
+
+BASE = [
+    "rounds=2",
+    "clients=3",
+    "local.lr=0.05",
+    "local.optimizer=sgd",
+    "eval.questions=4",
+    "eval.every=0",
+    "privacy.unit=record",
+    "data.batch_size=2",
+]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def pld_epsilon(event, delta=1e-5):
+    acc = dp_accounting.pld.PLDAccountant()
+    acc.compose(event)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize(
+    "method,space",
+    [
+        ("dp-fedavg-lora", "lora"),
+        ("ffa-lora-dp", "lora"),
+        ("dp-random-projection", "latent"),
+        ("dr-encoder", "latent"),
+    ],
+)
+def test_record_level_runs_charge_each_client_its_own_dp_sgd_steps(tmp_path, method, space):
+    sim = tiny_simulator(
+        tmp_path / "run",
+        [
+            *BASE,
+            f"method={method}",
+            f"privacy.record_space={space}",
+            "privacy.noise_multiplier=1.5",
+        ],
+    )
+    summary = sim.run()
+    n = sim.example_counts  # smoke preset: 8 examples per client, batch 2: q = 0.25
+    assert n == [8, 8, 8]
+    p = summary["privacy"]
+    assert p["unit"] == "record" and p["relation"] == "add-remove"
+    assert p["placement"] is None and p["record"]["space"] == space
+    assert p["record"]["sample_rate_per_client"] == [0.25, 0.25, 0.25]
+    # Each client ran 2 rounds x 1 local step (smoke preset) of PoissonSampled(0.25, G(1.5)):
+    # its epsilon straight from dp-accounting equals the run's worst-client epsilon.
+    steps = 2 * 1
+    want = pld_epsilon(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.5)), steps
+        )
+    )
+    stats = method == "dr-encoder"
+    if not stats:
+        assert p["record"]["epsilon_worst_client"] == pytest.approx(want, rel=1e-6)
+        assert p["record"]["epsilon_per_client"] == [pytest.approx(want, rel=1e-6)] * 3
+    else:  # plus the stage-1 release, charged to every client
+        assert p["record"]["epsilon_worst_client"] > want
+    assert p["record"]["epsilon_worst_client"] == p["epsilon"]["pld"]
+    metric_rows = [r for r in rows(sim.run_dir) if r["kind"] == "round"]
+    assert all(r["unit"] == "record" for r in metric_rows)
+    assert p["charges"]["round"] == 2  # one entry per round (equal example counts)
+
+
+def test_clients_with_fewer_examples_pay_more_and_calibration_plans_for_them():
+    config = load_config(
+        preset="smoke",
+        overrides=[*BASE, "method=dp-fedavg-lora", "target_epsilon=4", "rounds=3"],
+    )
+    record = RecordDpSgd.from_config(config, 1.0)
+    charges = round_charges(record, [0, 1, 2], [20, 5, 20])
+    assert [c for _, c in charges] == [[1], [0, 2]]
+    small, big = charges[0][0], charges[1][0]
+    assert pld_epsilon(small) > pld_epsilon(big)
+    sigma = budget.calibrate_noise(config, None, examples=[20, 5, 20])
+    # Worst client: 5 examples, q = 2/5, 3 rounds x 1 step; the calibrated sigma meets the
+    # target and does not overshoot it.
+    eps = pld_epsilon(planned_event(sigma, config, [20, 5, 20], None))
+    assert eps <= 4.0 and eps > 3.9
+    worst = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.4, dp_accounting.GaussianDpEvent(sigma)), 3
+    )
+    assert pld_epsilon(worst) == pytest.approx(eps, rel=1e-9)
+
+
+def test_budget_stop_per_client_then_for_the_run(tmp_path):
+    # sigma 1.5, q = 0.25, one step a round: epsilon after 2 steps 1.675, after 3 1.925
+    # (PLD, delta 1e-5), so a target of 1.8 admits 2 rounds per client; the third round
+    # has nobody left.
+    def steps(k):
+        return pld_epsilon(
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.5)), k
+            )
+        )
+
+    assert steps(2) < 1.8 < steps(3)
+    sim = tiny_simulator(
+        tmp_path / "run",
+        [
+            *BASE,
+            "method=dp-fedavg-lora",
+            "privacy.noise_multiplier=1.5",
+            "target_epsilon=1.8",
+            "rounds=5",
+        ],
+    )
+    summary = sim.run()
+    assert summary["rounds_done"] == 2
+    assert "record-level budget" in summary["stop_reason"]
+    assert summary["privacy"]["record"]["epsilon_worst_client"] == pytest.approx(steps(2))
+
+
+def test_a_client_out_of_budget_stops_taking_part_while_others_go_on(tmp_path):
+    sim = tiny_simulator(
+        tmp_path / "run",
+        [*BASE, "method=dp-fedavg-lora", "privacy.noise_multiplier=1.5", "target_epsilon=1.8"],
+    )
+    sim.start()
+    # Client 0 already spent two steps (epsilon 1.675); a third would take it to 1.925.
+    spent = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.5)), 2
+    )
+    sim.ledger.record(spent, kind="round", round=0, clients=[0], label="earlier")
+    plan = sim.plan_round(1)
+    assert plan.sampled == [1, 2] and plan.exhausted == (0,)
+
+
+def test_the_noise_of_a_record_level_client_comes_from_its_private_generator(tmp_path):
+    def update(noise_seed, name):
+        sim = tiny_simulator(
+            tmp_path / name,
+            [*BASE, "method=dp-fedavg-lora", "privacy.noise_multiplier=1.0"],
+        )
+        sim.start()
+        sim.generators["noise"].manual_seed(noise_seed)
+        plan = sim.plan_round(1)
+        replies = sim.clients.train(
+            plan, global_state=sim.global_state, codec=sim.codec, mechanism=sim.mechanism
+        )
+        return replies[plan.sampled[0]].message
+
+    first = update(1, "a")
+    assert torch.equal(first, update(1, "b"))
+    assert not torch.equal(first, update(2, "c"))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["method=fedavg-lora"], "needs a DP method"),
+        (["method=dp-fedavg-lora", "privacy.record_space=latent"], "needs a method with a codec"),
+        (["method=ffa-lora-dp", "privacy.record_space=latent"], "needs a method with a codec"),
+        (["privacy.placement=central"], "applies to client-level DP"),
+        (["privacy.clip_point=update"], "applies to client-level DP"),
+        (["privacy.accountant=gdp"], "gdp cannot decide"),
+        (["privacy.accountant=rdp", "privacy.relation=replace-one"], "rdp cannot account"),
+    ],
+)
+def test_config_refuses_what_record_level_dp_cannot_honour(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(preset="smoke", overrides=[*BASE, *overrides])
+
+
+def test_record_space_without_the_record_unit_is_refused():
+    with pytest.raises(ConfigError, match="has no effect with privacy.unit = 'client'"):
+        load_config(preset="smoke", overrides=["privacy.record_space=latent"])
