@@ -112,8 +112,9 @@ class RecordDpSgd:
         )
 
     def label(self, t: int, examples: int) -> str:
+        q = self.sample_rate(examples)
         return (
-            f"round {t}: record-level DP-SGD, {self.steps} steps at q={self.sample_rate(examples):g}"
+            f"round {t}: record-level DP-SGD, {self.steps} steps at q={q:g}"
             f" ({self.batch_size}/{examples} examples), C={self.clip_norm:g} per example, "
             f"sigma={self.noise_multiplier:g}, clipped and noised in the {self.space} space, "
             "add-remove of one example"

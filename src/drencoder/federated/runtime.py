@@ -31,12 +31,12 @@ import torch
 from drencoder.codecs import Codec, IdentityCodec
 from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig
+from drencoder.errors import ConfigError
 from drencoder.federated.client import local_update, local_update_dp, make_reply
 from drencoder.federated.record import RecordDpSgd
 from drencoder.federated.stage1 import Stage1Task, release_client_statistics, release_for
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
-from drencoder.errors import ConfigError
 from drencoder.lora.dp_sgd import DpSgd
 from drencoder.mechanisms import ClipPoint, GaussianMechanism, RecordSpace
 from drencoder.prior import ClientStatistics, StatisticsRelease
