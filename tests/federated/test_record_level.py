@@ -188,3 +188,45 @@ def test_config_refuses_what_record_level_dp_cannot_honour(overrides, match):
 def test_record_space_without_the_record_unit_is_refused():
     with pytest.raises(ConfigError, match="has no effect with privacy.unit = 'client'"):
         load_config(preset="smoke", overrides=["privacy.record_space=latent"])
+
+
+# epsilon of `steps` DP-SGD steps PoissonSampled(q, Gaussian(sigma)), computed with Opacus
+# 1.5.4's RDPAccountant (accountant.step(noise_multiplier=sigma, sample_rate=q) per step,
+# then get_epsilon(delta)), outside this repository's dependencies. dp-accounting's RDP
+# uses another grid of orders, hence agreement to 2e-3 relative rather than exactly.
+OPACUS_RDP = [
+    # (q, sigma, steps, delta, epsilon)
+    (0.25, 1.5, 2, 1e-5, 1.9726980827955032),
+    (0.128, 1.0, 80, 1e-5, 9.10818961697491),
+    (0.01, 1.1, 1000, 1e-5, 1.7117700912203435),
+    (0.4, 0.9, 30, 1e-6, 21.963937369941984),
+]
+
+
+@pytest.mark.parametrize("q,sigma,steps,delta,opacus", OPACUS_RDP)
+def test_record_level_epsilon_matches_opacus_rdp_and_dp_accounting(q, sigma, steps, delta, opacus):
+    from drencoder import accounting
+    from drencoder.federated.record import round_event
+
+    event = round_event(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    ledger = accounting.PrivacyLedger(delta=delta)
+    ledger.record(event, kind="round", round=1, clients=[0])
+    assert ledger.epsilon("rdp") == pytest.approx(opacus, rel=2e-3)
+    direct = dp_accounting.rdp.RdpAccountant()
+    direct.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+        )
+    )
+    assert ledger.epsilon("rdp") == pytest.approx(direct.get_epsilon(delta), rel=1e-12)
+    assert ledger.epsilon("pld") == pytest.approx(
+        pld_epsilon(
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
+                steps,
+            ),
+            delta,
+        ),
+        rel=1e-9,
+    )
+    assert ledger.epsilon("pld") <= ledger.epsilon("rdp")
