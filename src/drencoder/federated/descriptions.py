@@ -18,6 +18,13 @@ the message leaves un-noised: it is charged as non-private too, unless the clien
 that it trusts the aggregator to add the declared noise (node config
 ``trust-aggregator``).
 
+Record-level DP (``unit = "record"``, with the DP-SGD described in ``record``): the client
+trains with DP-SGD over its own examples and sends its update unclipped and un-noised at
+client level. Against the receiver of the message that update is non-private for the
+client as a whole (:func:`round_event` charges ``NonPrivateDpEvent``); its records are
+protected by DP-SGD, which the client charges to a record-level ledger of its own
+(:func:`record_event`, add-remove of one example, q from its own example count).
+
 Adaptive clipping (``count_noise`` = σ_b set, central placement only): the server sends
 each round's clip norm C_t in the description, and the client returns, besides its message,
 the bit ``1[‖x‖ ≤ C_t]``, of which the aggregator releases a count noised with σ_b. The
@@ -40,10 +47,12 @@ from drencoder.accounting import Relation
 from drencoder.config import Method
 from drencoder.errors import ConfigError
 from drencoder.federated.adaptive_clipping import effective_noise_multiplier
+from drencoder.federated.record import RecordDpSgd
 from drencoder.mechanisms import (
     ClipPoint,
     GaussianMechanism,
     NoisePlacement,
+    PrivacyUnit,
     check_clip_norm,
     check_noise_multiplier,
 )
@@ -137,6 +146,11 @@ class RoundMechanism(_Description):
     noise_multiplier: float
     count_noise: float | None = None
     relation: str
+    unit: str = "client"
+    record: dict | None = None
+    """Record-level DP (``unit = "record"``): the DP-SGD every participant runs
+    (:class:`~drencoder.federated.record.RecordDpSgd` as JSON); the message itself is then
+    sent unclipped and un-noised (``clip_norm`` None, ``noise_multiplier`` 0)."""
 
     _TYPES: ClassVar = {
         "method": (str,),
@@ -146,6 +160,8 @@ class RoundMechanism(_Description):
         "noise_multiplier": _NUMBER,
         "count_noise": (*_NUMBER, type(None)),
         "relation": (str,),
+        "unit": (str,),
+        "record": (dict, type(None)),
     }
     _WHAT: ClassVar = "round mechanism"
 
@@ -165,6 +181,20 @@ class RoundMechanism(_Description):
                 f"an unclipped update cannot be noised meaningfully: clip_norm=None needs "
                 f"noise_multiplier=0, got {self.noise_multiplier!r}; set a clip norm"
             )
+        set_(self, "unit", PrivacyUnit(self.unit).value)
+        if (self.unit == PrivacyUnit.RECORD.value) != (self.record is not None):
+            raise ConfigError(
+                f"a round mechanism with unit {self.unit!r} needs record "
+                f"{'set' if self.unit == PrivacyUnit.RECORD.value else 'null'}, got "
+                f"record={self.record!r}"
+            )
+        if self.record is not None:
+            set_(self, "record", RecordDpSgd.from_json(self.record).to_json())
+            if self.clip_norm is not None or self.count_noise is not None:
+                raise ConfigError(
+                    "a record-level round sends its update without client-level clipping "
+                    "or noise: clip_norm and count_noise must be null"
+                )
         if self.count_noise is not None:
             set_(self, "count_noise", check_noise_multiplier(self.count_noise, name="count_noise"))
             if (
@@ -185,6 +215,11 @@ class RoundMechanism(_Description):
         if self.count_noise is None:
             return self.noise_multiplier
         return effective_noise_multiplier(self.noise_multiplier, self.count_noise)
+
+    @property
+    def dp_sgd(self) -> RecordDpSgd | None:
+        """Record-level DP: the described DP-SGD; None at client level."""
+        return None if self.record is None else RecordDpSgd.from_json(self.record)
 
     @property
     def gaussian(self) -> GaussianMechanism | None:
@@ -251,6 +286,16 @@ def round_event(mechanism: RoundMechanism, *, trust_aggregator: bool = False) ->
     if mechanism.placement == NoisePlacement.CENTRAL.value and not trust_aggregator:
         return dp_accounting.NonPrivateDpEvent()
     return dp_accounting.GaussianDpEvent(mechanism.charged_noise_multiplier)
+
+
+def record_event(mechanism: RoundMechanism, *, examples: int) -> dp_event.DpEvent:
+    """What one record-level round costs the records of a client holding ``examples``
+    examples: its own DP-SGD steps at q = min(1, batch / examples), charged to a ledger
+    kept under add-remove of one example (:mod:`drencoder.federated.record`)."""
+    record = mechanism.dp_sgd
+    if record is None:
+        raise ConfigError("record_event needs a record-level round mechanism (unit 'record')")
+    return record.event(examples)
 
 
 def release_event(release: ReleaseMechanism) -> dp_event.DpEvent:

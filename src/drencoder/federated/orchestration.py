@@ -658,6 +658,12 @@ class FederatedServer:
         }
         if plan.exhausted:
             row["exhausted"] = list(plan.exhausted)
+        declared = {
+            str(r.client): r.declared_epsilon for r in results if r.declared_epsilon is not None
+        }
+        if declared:
+            # What the clients say their own record-level ledgers stand at (Flower nodes).
+            row["declared_record_epsilon"] = declared
         if fraction is not None:
             # Released (noisy) values only: the count is a DP release, C is its
             # post-processing.

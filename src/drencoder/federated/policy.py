@@ -11,6 +11,14 @@ replace-one relation) before anything leaves.
 
 A client that does not trust the aggregator to add central noise requires ``local``
 placement (``require-placement``).
+
+Record-level DP (a round described with ``unit = "record"``): the client runs the described
+DP-SGD and keeps a second ledger for its records (:func:`record_ledger_path`, kept under
+add-remove of one example), capped by ``max-record-epsilon``. Its sent update carries no
+client-level guarantee, so its client-level ledger is charged a non-private release, which
+any ``max-epsilon`` refuses: a node that takes part in record-level runs sets
+``max-record-epsilon`` instead. ``min-noise-multiplier`` and ``max-clip-norm`` apply to
+DP-SGD's σ and per-example C.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ POLICY_KEYS = {
     "require-placement": "placement",
     "require-stage1-noise": "require_stage1_noise",
     "max-epsilon": "max_epsilon",
+    "max-record-epsilon": "max_record_epsilon",
     "trust-aggregator": "trust_aggregator",
     "delta": "delta",
 }
@@ -136,6 +145,7 @@ class ClientPolicy:
     placement: str | None = None
     require_stage1_noise: bool = True
     max_epsilon: float | None = None
+    max_record_epsilon: float | None = None
     trust_aggregator: bool = False
     delta: float = DEFAULT_DELTA
 
@@ -165,6 +175,13 @@ class ClientPolicy:
         ):
             raise ConfigError(
                 f"max_epsilon must be finite and > 0 (None for no cap), got {self.max_epsilon!r}"
+            )
+        if self.max_record_epsilon is not None and not (
+            math.isfinite(self.max_record_epsilon) and self.max_record_epsilon > 0
+        ):
+            raise ConfigError(
+                "max_record_epsilon must be finite and > 0 (None for no cap), got "
+                f"{self.max_record_epsilon!r}"
             )
         if not (0 < self.delta < 1):
             raise ConfigError(f"delta must be in (0, 1), got delta={self.delta!r}")
@@ -203,6 +220,10 @@ class ClientPolicy:
             kwargs["require_stage1_noise"] = _node_flag("require-stage1-noise", v)
         if not _unset(v := raw["max-epsilon"]):
             kwargs["max_epsilon"] = _node_number("max-epsilon", v, low=0, low_open=True)
+        if not _unset(v := raw["max-record-epsilon"]):
+            kwargs["max_record_epsilon"] = _node_number(
+                "max-record-epsilon", v, low=0, low_open=True
+            )
         if not _unset(v := raw["trust-aggregator"]):
             kwargs["trust_aggregator"] = _node_flag("trust-aggregator", v)
         if not _unset(v := raw["delta"]):
@@ -211,6 +232,10 @@ class ClientPolicy:
 
     def check_round(self, mechanism: RoundMechanism) -> None:
         """Raise :class:`PolicyRefusal` unless a round under ``mechanism`` is acceptable."""
+        record = mechanism.dp_sgd
+        if record is not None:
+            self._check_record(record, mechanism.placement)
+            return
         # With adaptive clipping the round is charged at the effective multiplier of update
         # and count release together, which is below the update's own.
         floor, sigma = self.min_noise_multiplier, mechanism.charged_noise_multiplier
@@ -234,6 +259,28 @@ class ClientPolicy:
             raise PolicyRefusal(
                 "require-placement",
                 f"the task's noise placement is {mechanism.placement!r}; this client requires "
+                f"{self.placement!r}",
+            )
+
+    def _check_record(self, record, placement: str) -> None:
+        """The floor applied to a record-level round's DP-SGD (σ per step, C per example)."""
+        floor, cap = self.min_noise_multiplier, self.max_clip_norm
+        if floor is not None and record.noise_multiplier < floor:
+            raise PolicyRefusal(
+                "min-noise-multiplier",
+                f"the task's DP-SGD noise multiplier {record.noise_multiplier:g} is below "
+                f"this client's floor {floor:g}",
+            )
+        if cap is not None and record.clip_norm > cap:
+            raise PolicyRefusal(
+                "max-clip-norm",
+                f"the task's per-example clip norm {record.clip_norm:g} exceeds this "
+                f"client's cap {cap:g}",
+            )
+        if self.placement is not None and placement != self.placement:
+            raise PolicyRefusal(
+                "require-placement",
+                f"the task's noise placement is {placement!r}; this client requires "
                 f"{self.placement!r}",
             )
 
@@ -279,6 +326,13 @@ def node_ledger_path(node_config: Mapping[str, Any], partition_id: int) -> Path:
     return cache_root() / "node-ledgers" / f"partition-{int(partition_id)}.json"
 
 
+def record_ledger_path(path: str | os.PathLike) -> Path:
+    """Where a node keeps its record-level ledger: beside its client-level ledger
+    ``NAME.json``, as ``NAME.record.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.record{path.suffix or '.json'}")
+
+
 class NodeLedger:
     """A client's own privacy ledger, a JSON file it alone writes.
 
@@ -291,17 +345,26 @@ class NodeLedger:
     releases nothing until its operator repairs or replaces it.
     """
 
-    def __init__(self, path: str | os.PathLike, *, delta: float = DEFAULT_DELTA) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        delta: float = DEFAULT_DELTA,
+        relation: Relation = Relation.REPLACE_ONE,
+    ) -> None:
         self.path = Path(path)
         self.delta = float(delta)
+        self.relation = relation
+        """replace-one for the client-level ledger; add-remove of one example for the
+        record-level one (:func:`record_ledger_path`)."""
         self.ledger = self._read()
 
     def _read(self) -> PrivacyLedger:
         if not self.path.exists():
-            return PrivacyLedger(delta=self.delta, relation=Relation.REPLACE_ONE)
+            return PrivacyLedger(delta=self.delta, relation=self.relation)
         return PrivacyLedger(
             delta=self.delta,
-            relation=Relation.REPLACE_ONE,
+            relation=self.relation,
             entries=PrivacyLedger.load(self.path).entries,
         )
 

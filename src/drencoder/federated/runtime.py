@@ -65,6 +65,9 @@ class ClientResult:
     clip_bit: float | None = None
     """Adaptive clipping: ``1[‖x‖ ≤ C]`` for what was clipped, uploaded with the message
     (None when the round does not ask for it)."""
+    declared_epsilon: float | None = None
+    """Record-level DP over Flower: the per-record ε the client declares its own ledger
+    stands at after the round (reported by the server, not charged from it)."""
     diagnostics: dict = field(default_factory=dict)
     """Simulation-only measurements of raw data (``train_loss``, ``update_norm``,
     ``reconstruction``): not covered by epsilon, never uploaded by a real client."""

@@ -102,6 +102,9 @@ def record_section(sim: FederatedServer, eps: dict | None) -> dict:
     counts = sim.example_counts
     worst = (eps or {}).get(cfg.privacy.accountant)
     per_client = per_client_epsilon(sim.ledger, cfg.clients, cfg.privacy.accountant)
+    declared: dict[str, float] = {}
+    for row in sim.rows:
+        declared.update(row.get("declared_record_epsilon", {}))
     return {
         "placement": None,
         "clip_point": None,
@@ -109,6 +112,12 @@ def record_section(sim: FederatedServer, eps: dict | None) -> dict:
         "record": {
             "epsilon_worst_client": worst,
             "epsilon_per_client": per_client,
+            # Flower: what each node declared its own record ledger stands at (its PLD ε,
+            # at its own delta), last declaration per client; {} in the simulator.
+            "declared_epsilon_per_client": dict(
+                sorted(declared.items(), key=lambda kv: int(kv[0]))
+            ),
+            "declared_epsilon_worst_client": max(declared.values()) if declared else None,
             "accountant": cfg.privacy.accountant,
             "dp_sgd": None if record is None else record.to_json(),
             "sample_rate_per_client": [

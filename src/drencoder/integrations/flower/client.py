@@ -17,15 +17,23 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from drencoder.accounting import Relation
 from drencoder.errors import ConfigError
 from drencoder.federated.descriptions import (
     ReleaseMechanism,
     RoundMechanism,
+    record_event,
     release_event,
     round_event,
 )
 from drencoder.federated.methods import spec_for
-from drencoder.federated.policy import ClientPolicy, NodeLedger, PolicyRefusal, node_ledger_path
+from drencoder.federated.policy import (
+    ClientPolicy,
+    NodeLedger,
+    PolicyRefusal,
+    node_ledger_path,
+    record_ledger_path,
+)
 from drencoder.federated.rounds import derive_seed
 from drencoder.federated.runtime import ClientRuntime, ClientTask, training_model
 from drencoder.federated.stage1 import Stage1Task
@@ -38,6 +46,7 @@ from drencoder.integrations.flower.records import (
     FINGERPRINT,
     LATENT,
     MECHANISM,
+    RECORD_EPSILON,
     REFUSED_CODE,
     REFUSED_REASON,
     codec_from_content,
@@ -151,9 +160,19 @@ def _description(content: RecordDict) -> str:
         ) from None
 
 
-def _reply(message: Message, records: Mapping[str, ArrayRecord], fingerprint: str) -> Message:
-    """The whole of a reply: the released tensor and the fingerprint it was made under."""
-    content = RecordDict({**records, MECHANISM: ConfigRecord({FINGERPRINT: fingerprint})})
+def _reply(
+    message: Message,
+    records: Mapping[str, ArrayRecord],
+    fingerprint: str,
+    *,
+    record_epsilon: float | None = None,
+) -> Message:
+    """The whole of a reply: the released tensor and the fingerprint it was made under
+    (and, in a record-level round, the ε this node's record ledger now stands at)."""
+    meta = {FINGERPRINT: fingerprint}
+    if record_epsilon is not None:
+        meta[RECORD_EPSILON] = float(record_epsilon)
+    content = RecordDict({**records, MECHANISM: ConfigRecord(meta)})
     return Message(content, reply_to=message)
 
 
@@ -221,11 +240,20 @@ def train(message: Message, context: Context) -> Message:
     policy = ClientPolicy.from_node_config(context.node_config)
     policy.check_round(mechanism)
     pid, _ = _partition(context.node_config)
-    ledger = NodeLedger(node_ledger_path(context.node_config, pid), delta=policy.delta)
+    path = node_ledger_path(context.node_config, pid)
+    ledger = NodeLedger(path, delta=policy.delta)
     event = round_event(mechanism, trust_aggregator=policy.trust_aggregator)
     ledger.check(event, policy.max_epsilon)  # refuse before training, not after it
     runtime = _runtime(context)
     _check_layout(runtime, mechanism)
+    records_ledger = records_event = None
+    if mechanism.dp_sgd is not None:
+        # Record-level: this node's own DP-SGD steps, at q from its own example count.
+        records_ledger = NodeLedger(
+            record_ledger_path(path), delta=policy.delta, relation=Relation.ADD_REMOVE
+        )
+        records_event = record_event(mechanism, examples=len(runtime.workload.clients[pid]))
+        records_ledger.check(records_event, policy.max_record_epsilon)
     task = content.config_records["task"]
     t = int(task["round"])
     runtime.noise_generator = _noise_generator(context, f"round/{t}")
@@ -245,8 +273,21 @@ def train(message: Message, context: Context) -> Message:
         report_clip_bit=mechanism.count_noise is not None,
         diagnostics=False,
         fail_closed=True,
+        record=mechanism.dp_sgd,
     )
     fingerprint = mechanism.fingerprint()
+    record_epsilon = None
+    if records_ledger is not None:
+        records_ledger.charge(
+            records_event,
+            kind="round",
+            round=t,
+            cap=policy.max_record_epsilon,
+            label=f"run {context.run_id} "
+            + mechanism.dp_sgd.label(t, len(runtime.workload.clients[pid]))
+            + f" ({fingerprint})",
+        )
+        record_epsilon = records_ledger.epsilon()
     clip = "unclipped" if mechanism.clip_norm is None else f"C={mechanism.clip_norm:g}"
     if mechanism.count_noise is not None:
         clip += (
@@ -267,4 +308,6 @@ def train(message: Message, context: Context) -> Message:
     update = {LATENT: result.message}
     if mechanism.count_noise is not None:
         update[CLIP_BIT] = torch.tensor([result.clip_bit], dtype=torch.float32)
-    return _reply(message, {"update": to_record(update)}, fingerprint)
+    return _reply(
+        message, {"update": to_record(update)}, fingerprint, record_epsilon=record_epsilon
+    )

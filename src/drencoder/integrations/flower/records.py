@@ -30,6 +30,9 @@ DESCRIPTION = "description"
 """Canonical JSON of the mechanism the server accounts the task under."""
 FINGERPRINT = "fingerprint"
 """The fingerprint of the description the node made its message under."""
+RECORD_EPSILON = "record-epsilon"
+"""Record-level rounds: the per-record ε a node's own record ledger stands at after the
+round (PLD, at the node's δ), which the node declares beside its fingerprint."""
 
 LATENT = "latent"
 """Key of the privatised message in a training reply's ``update`` record."""

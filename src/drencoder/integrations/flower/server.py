@@ -4,6 +4,7 @@ of Flower SuperNodes (see the package docstring for the protocol)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from drencoder.errors import ClientDropoutWarning, ConfigError, DrencoderError
 from drencoder.federated import budget
 from drencoder.federated.descriptions import ReleaseMechanism, RoundMechanism
 from drencoder.federated.orchestration import FederatedServer
+from drencoder.federated.record import RecordDpSgd
 from drencoder.federated.rounds import ClientFailure, RoundPlan, StatisticsReply
 from drencoder.federated.runtime import ClientResult
 from drencoder.federated.stage1 import Stage1Task
@@ -29,6 +31,7 @@ from drencoder.integrations.flower.records import (
     HELLO,
     LATENT,
     MECHANISM,
+    RECORD_EPSILON,
     REFUSED_CODE,
     STAGE1,
     TRAIN,
@@ -37,7 +40,7 @@ from drencoder.integrations.flower.records import (
     from_record,
     to_record,
 )
-from drencoder.mechanisms import GaussianMechanism
+from drencoder.mechanisms import GaussianMechanism, NoisePlacement, PrivacyUnit
 from drencoder.prior import ClientStatistics
 
 log = logging.getLogger(__name__)
@@ -45,11 +48,28 @@ log = logging.getLogger(__name__)
 
 # -- the ServerApp -----------------------------------------------------------------------
 def round_mechanism(
-    config: RunConfig, mechanism: GaussianMechanism | None, *, count_noise: float | None = None
+    config: RunConfig,
+    mechanism: GaussianMechanism | None,
+    *,
+    count_noise: float | None = None,
+    record: RecordDpSgd | None = None,
 ) -> RoundMechanism:
     """The description of a round the server sends: its own config and mechanism (with
-    adaptive clipping, the round's clip norm and the count noise σ_b)."""
+    adaptive clipping, the round's clip norm and the count noise σ_b; with record-level
+    DP, the DP-SGD every participant runs)."""
     p = config.privacy
+    if record is not None:
+        return RoundMechanism(
+            method=config.method.value,
+            placement=NoisePlacement.LOCAL.value,
+            clip_point=p.clip_point.value,
+            clip_norm=None,
+            noise_multiplier=0.0,
+            count_noise=None,
+            relation=budget.relation(config).value,
+            unit=PrivacyUnit.RECORD.value,
+            record=record.to_json(),
+        )
     return RoundMechanism(
         method=config.method.value,
         placement=(mechanism.placement if mechanism is not None else p.placement).value,
@@ -91,7 +111,7 @@ def reply_tensors(
     try:
         content = reply.content
         echoed = content.config_records[MECHANISM]
-        if set(echoed) != {FINGERPRINT}:
+        if set(echoed) - {RECORD_EPSILON} != {FINGERPRINT}:
             return ClientFailure("malformed-reply")
         if echoed[FINGERPRINT] != fingerprint:
             return ClientFailure("mechanism-mismatch")
@@ -105,6 +125,20 @@ def reply_tensors(
         return from_record(content.array_records[record])
     except (KeyError, TypeError, ValueError):
         return ClientFailure("malformed-reply")
+
+
+def declared_epsilon(reply: Message) -> float | None:
+    """The per-record ε a node declares with a record-level reply (None if it declares
+    none or something that is not a finite number >= 0). The server reports it; its own
+    ledger charges what it planned."""
+    try:
+        value = reply.content.config_records[MECHANISM][RECORD_EPSILON]
+    except KeyError:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 class FlowerClients:
@@ -240,7 +274,7 @@ class FlowerClients:
         mechanism: GaussianMechanism | None,
     ) -> dict[int, ClientResult | BaseException]:
         described = round_mechanism(
-            self.server.config, mechanism, count_noise=self.server.count_noise
+            self.server.config, mechanism, count_noise=self.server.count_noise, record=plan.record
         )
         adaptive = described.count_noise is not None
         keys = (LATENT, CLIP_BIT) if adaptive else (LATENT,)
@@ -270,7 +304,12 @@ class FlowerClients:
                     out[client] = ClientFailure("malformed-reply")
                     continue
                 bit = float(tensors[CLIP_BIT].reshape(-1)[0])
-            out[client] = ClientResult(client=client, message=tensors[LATENT], clip_bit=bit)
+            out[client] = ClientResult(
+                client=client,
+                message=tensors[LATENT],
+                clip_bit=bit,
+                declared_epsilon=declared_epsilon(reply) if plan.record is not None else None,
+            )
         return out
 
 
