@@ -226,6 +226,7 @@ def test_node_config_sets_every_rule():
             "require-placement": "local",
             "require-stage1-noise": False,
             "max-epsilon": 8,
+            "max-record-epsilon": 4,
             "trust-aggregator": "true",
             "delta": 1e-6,
         }
@@ -236,6 +237,7 @@ def test_node_config_sets_every_rule():
         placement="local",
         require_stage1_noise=False,
         max_epsilon=8.0,
+        max_record_epsilon=4.0,
         trust_aggregator=True,
         delta=1e-6,
     )
@@ -245,6 +247,7 @@ def test_node_config_sets_every_rule():
         "require-placement",
         "require-stage1-noise",
         "max-epsilon",
+        "max-record-epsilon",
         "trust-aggregator",
         "delta",
     }

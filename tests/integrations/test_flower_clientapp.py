@@ -160,9 +160,9 @@ def test_node_privatises_with_the_sent_mechanism_and_charges_first(node, monkeyp
     seen = {}
     reply_builder = flower._reply
 
-    def reply_spy(message, records, fingerprint):
+    def reply_spy(message, records, fingerprint, **kwargs):
         seen["ledger_when_replying"] = n.ledger()  # write-ahead: charged before the reply
-        return reply_builder(message, records, fingerprint)
+        return reply_builder(message, records, fingerprint, **kwargs)
 
     monkeypatch.setattr(flower, "_reply", reply_spy)
     reply = flower.train(train_message(n.runtime, SENT), n.context)
