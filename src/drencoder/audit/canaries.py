@@ -85,8 +85,8 @@ class CanarySet:
 
     def _draw(self, j: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(_seed(self.seed, j))
-        u = torch.randn(self.dim, generator=g, dtype=torch.float64)
-        return (u / u.norm()).to(torch.float32)
+        u = torch.randn(self.dim, generator=g, dtype=torch.float32)
+        return u / float(u.double().norm())
 
     def direction(self, j: int) -> torch.Tensor:
         """u_j, a float32 unit vector of the clipped space."""
@@ -117,8 +117,9 @@ class CanaryScores:
         self._scores = np.zeros(canaries.count, dtype=np.float64)
         self._released: torch.Tensor | None = None
 
-    def see_message(self, j: int, message: torch.Tensor) -> None:
-        u = self.canaries.direction(j)
+    def see_message(self, j: int, message: torch.Tensor, *, direction=None) -> None:
+        """``direction``: u_j when the caller holds it already (saves regenerating it)."""
+        u = self.canaries.direction(j) if direction is None else direction
         self._scores[j] += float(torch.dot(u.double(), message.detach().cpu().double()))
 
     def see_release(self, released: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ The party the audit models follows the noise placement (docs/threat-model.md):
 
 - ``local``: the **server**. It sees every client's noised message and who sent it, so
   the canaries follow the replace-one relation and each canary is scored on its own
-  messages.
+  messages (as they leave the canary: in process, the tensor the server receives).
 - ``central``: **whoever sees the released aggregates** (each round's noised mean, from
   which every global adapter is computed); the aggregator is trusted and not audited.
   Each canary is scored on the sum of the releases.
@@ -158,8 +158,12 @@ class CanaryPool:
             j = canaries.index(task.client)
             sign = 0.0 if s.replay else (1.0 if canaries.included[j] else -1.0)
             clip = mechanism.clip_norm if mechanism is not None else s.config.privacy.clip_norm
-            x = canaries.direction(j) * (sign * clip)
-            replies[task.client] = s.privatized(x, codec, mechanism, client=task.client)
+            u = canaries.direction(j)
+            reply = s.privatized(u * (sign * clip), codec, mechanism, client=task.client)
+            if s.config.privacy.placement is NoisePlacement.LOCAL:
+                # The server's view: in process, the message it receives is this tensor.
+                s.scores.see_message(j, reply.message, direction=u)
+            replies[task.client] = reply
         return replies
 
 
@@ -261,13 +265,6 @@ class AuditSimulator(Simulator):
                 charge = (event, [*charged, *ids])
             self.canary_ledger.record(event, kind="round", round=t, clients=canaries_charged)
         return RoundPlan(round=t, tasks=tasks, charge=charge)
-
-    def collect(self, plan: RoundPlan, replies):
-        if self.config.privacy.placement is NoisePlacement.LOCAL:
-            for c, reply in replies.items():
-                if self.canaries.is_canary(c) and isinstance(reply, ClientResult):
-                    self.scores.see_message(self.canaries.index(c), reply.message)
-        return super().collect(plan, replies)
 
     def release_round(self, plan: RoundPlan, messages: list):
         released = super().release_round(plan, messages)
