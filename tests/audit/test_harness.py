@@ -30,6 +30,8 @@ pytestmark = pytest.mark.filterwarnings(
 BASE = ["rounds=2", "clients=2", "local.lr=0.01", "eval.questions=4", "eval.every=0"]
 CANARIES = 200
 ALL_RIGHT = 3.70  # 200 of 200 right: the most 200 canaries certify (Bonferroni over 6 counts)
+# Coin seed 1 puts exactly 100 of the 200 canaries in, so that guessing 100 "in" and 100 "out"
+# can be right every time (the guesses are symmetric, k+ = k-).
 
 
 def tiny():

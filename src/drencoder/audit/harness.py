@@ -30,6 +30,7 @@ Canaries never appear in an ordinary run: only this module creates them.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import time
@@ -374,7 +375,9 @@ def run_audit(
     sim = simulate("run", replay=False)
     scores = sim.scores.scores()
     if seed_known:
-        scores = scores - simulate("replay", replay=True).scores.scores()
+        replay = simulate("replay", replay=True)
+        scores = scores - replay.scores.scores()
+        del replay
     result = audit_scores(scores, coins, delta=config.delta, confidence=confidence)
     name, sees = party(config, seed_known=seed_known)
     eps_run = sim._epsilons()
@@ -399,6 +402,8 @@ def run_audit(
         reproducible_noise=config.privacy.reproducible_noise,
         seconds=round(time.perf_counter() - started, 1),
     )
+    del sim
+    gc.collect()  # the simulators hold reference cycles (server ↔ pool) and a whole model
     (out / "scores.json").write_text(
         json.dumps(
             {
