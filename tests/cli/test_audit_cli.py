@@ -74,6 +74,8 @@ def test_table_and_reproducible_noise_warning(tmp_path, capsys, tiny_models):
             *SMALL,
             "--methods",
             "dp-fedavg-lora",
+            "--set",
+            "target_epsilon=1",
             "--canaries",
             "40",
             "--reproducible-noise",
@@ -86,6 +88,7 @@ def test_table_and_reproducible_noise_warning(tmp_path, capsys, tiny_models):
     out, err = capsys.readouterr()
     assert "server + seed" in out and "40 canaries" in out
     assert "does not hold against anyone who knows the seed" in err
+    assert "exceeds the accountant's epsilon" in err  # every guess right vs epsilon 1
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,7 @@ def _configs(args: argparse.Namespace):
 def _table(entries: list[dict]) -> str:
     head = (
         f"{'method':<22}{'placement':<10}{'party':<28}{'eps theory':>11}{'eps lower':>11}"
-        f"{'ratio':>7}{'guesses':>9}"
+        f"{'ratio':>7}{'right':>10}"
     )
     lines = [head]
     for e in entries:
@@ -142,7 +142,7 @@ def _table(entries: list[dict]) -> str:
         ratio = "-" if e["ratio"] is None else f"{e['ratio']:.2f}"
         lines.append(
             f"{e['method']:<22}{e['placement']:<10}{e['party']:<28}{theory:>11}"
-            f"{e['epsilon_lower_bound']:>11.3f}{ratio:>7}{e['correct']:>5}/{e['guesses']}"
+            f"{e['epsilon_lower_bound']:>11.3f}{ratio:>7}{e['correct']:>6}/{e['guesses']}"
         )
     e = entries[0]
     lines.append(
@@ -183,6 +183,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(entries))
         print(f"audit: {out / 'audit.json'}")
+    for e in entries:
+        if e["epsilon_theory"] is not None and e["epsilon_lower_bound"] > e["epsilon_theory"]:
+            print(
+                f"warning: {e['method']} ({e['placement']}, party {e['party']}): the measured "
+                f"lower bound {e['epsilon_lower_bound']:.3f} exceeds the accountant's epsilon "
+                f"{e['epsilon_theory']:.3f}: the run does not deliver its guarantee against "
+                "this party (or this is the 1 - confidence chance of a false alarm)",
+                file=sys.stderr,
+            )
     if any(e["reproducible_noise"] for e in entries):
         print(
             "warning: reproducible noise: epsilon does not hold against anyone who knows the seed",
