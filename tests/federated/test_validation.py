@@ -142,8 +142,8 @@ BASE = ["rounds=2", "clients=3", "local.lr=0.01", "eval.questions=4", "eval.ever
 def simulate(tmp_path, name, method, monkeypatch, *, corrupt=False, drop=False):
     """One tiny run. ``corrupt``: the 2nd message of round 1 (client 1) becomes NaN after it
     was drawn (same RNG use). ``drop``: no corruption, but client 1's message of round 1 is
-    removed from the list handed to ``aggregate``, i.e. simply absent from aggregation."""
-    real_make, real_aggregate = runtime_mod.make_reply, orch_mod.aggregate
+    removed from the list handed to ``release`` (the aggregation), i.e. simply absent."""
+    real_make, real_release = runtime_mod.make_reply, orch_mod.release
     calls = {"make": 0, "aggregate": 0}
 
     def make_reply(*args, **kwargs):
@@ -153,14 +153,14 @@ def simulate(tmp_path, name, method, monkeypatch, *, corrupt=False, drop=False):
             return torch.full_like(message, math.nan), bit
         return message, bit
 
-    def aggregate(messages, **kwargs):
+    def release(messages, **kwargs):
         calls["aggregate"] += 1
         if drop and calls["aggregate"] == 1:
             messages = [m for i, m in enumerate(messages) if i != 1]
-        return real_aggregate(messages, **kwargs)
+        return real_release(messages, **kwargs)
 
     monkeypatch.setattr(runtime_mod, "make_reply", make_reply)
-    monkeypatch.setattr(orch_mod, "aggregate", aggregate)
+    monkeypatch.setattr(orch_mod, "release", release)
     # Reproducible noise: the three runs are compared bit for bit.
     overrides = [*BASE, f"method={method}", "privacy.reproducible_noise=true"]
     cfg = load_config(preset="smoke", overrides=overrides)

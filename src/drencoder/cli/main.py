@@ -16,7 +16,7 @@ from drencoder import __version__
 from drencoder.errors import DrencoderError
 
 # Subcommand modules, in the order ``drencoder --help`` lists them.
-SUBCOMMANDS = ("run", "compare", "eval", "privacy", "codec-report")
+SUBCOMMANDS = ("run", "compare", "eval", "privacy", "audit", "codec-report")
 
 
 class _Parser(argparse.ArgumentParser):

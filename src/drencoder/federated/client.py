@@ -112,6 +112,23 @@ def make_reply(
     if mechanism is None:
         return codec.encode(update), None
     x = codec.encode(update) if ClipPoint(clip_point) is ClipPoint.LATENT else update
+    return privatize(
+        x, codec=codec, mechanism=mechanism, clip_point=clip_point, generator=generator
+    )
+
+
+def privatize(
+    x: torch.Tensor,
+    *,
+    codec: Codec,
+    mechanism: GaussianMechanism,
+    clip_point: ClipPoint,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, float]:
+    """The message and clip indicator of ``x``, a vector in the clipped space (the latent
+    for ``clip_point = latent``, the update for ``update``): clip, noise (local placement),
+    and, when the update was clipped, encode. The second half of :func:`make_reply`, which
+    a privacy audit's canary clients enter with a vector of their own."""
     bit = 1.0 if float(x.detach().double().norm()) <= mechanism.clip_norm else 0.0
     message = mechanism.privatize(x, generator=generator)
     if ClipPoint(clip_point) is ClipPoint.UPDATE:

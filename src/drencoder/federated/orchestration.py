@@ -48,6 +48,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from drencoder import accounting
@@ -77,7 +78,7 @@ from drencoder.federated.rounds import (
 )
 from drencoder.federated.runtime import ClientResult, ClientTask, training_model
 from drencoder.federated.sampling import sample_clients
-from drencoder.federated.server import aggregate
+from drencoder.federated.server import decode_release, release
 from drencoder.federated.server_optimizer import GlobalOptimizer
 from drencoder.federated.stage1 import draw_seed, release_for
 from drencoder.federated.validation import accept_messages, message_limits
@@ -595,6 +596,20 @@ class FederatedServer:
                     log.warning("message of client %s rejected: its clip bit is not 0 or 1", c)
         return {c: arrived[c] for c in accepted}, failed, rejected
 
+    def release_round(self, plan: RoundPlan, messages: list) -> torch.Tensor | None:
+        """What round ``plan.round`` releases in the latent space before decoding
+        (:func:`~drencoder.federated.server.release`): the noised mean of the accepted
+        ``messages`` (sorted by client), or the messages themselves for
+        ``decode_then_mean``. A privacy audit observes the release here."""
+        return release(
+            messages,
+            codec=self.codec,
+            mechanism=self.mechanism,
+            aggregation=self.config.privacy.aggregation,
+            expected_clients=budget.expected_clients(self.config),
+            generator=self.generators["noise"],
+        )
+
     def finish_round(
         self,
         plan: RoundPlan,
@@ -604,7 +619,7 @@ class FederatedServer:
     ) -> dict:
         """Aggregate what arrived, update the adapter; the metrics row. The round was
         charged when it was sent (:meth:`charge_round`)."""
-        cfg, mech, t = self.config, self.mechanism, plan.round
+        cfg, t = self.config, plan.round
         received, failed, rejected = self.collect(plan, replies)
         if failed:
             warnings.warn(
@@ -614,14 +629,8 @@ class FederatedServer:
                 stacklevel=2,
             )
         results = [received[c] for c in sorted(received)]
-        decoded = aggregate(
-            [r.message for r in results],
-            codec=self.codec,
-            mechanism=mech,
-            aggregation=cfg.privacy.aggregation,
-            expected_clients=budget.expected_clients(cfg),
-            generator=self.generators["noise"],
-        )
+        released = self.release_round(plan, [r.message for r in results])
+        decoded = decode_release(released, codec=self.codec, aggregation=cfg.privacy.aggregation)
         self.global_state = self.optimizer.apply(self.global_state, self.layout.unflatten(decoded))
         clip_norm = self.clip_norm  # the round's C, what its messages were clipped at
         fraction = None
