@@ -1,6 +1,6 @@
 """How many bytes does each method move per client and round on the embedded model?
 
-For every method of DESIGN §5 with the default run config (SmolLM2-135M-Instruct, LoRA
+For every method of docs/design.md §5 with the default run config (SmolLM2-135M-Instruct, LoRA
 r = 8 on q,k,v,o, codec.compression_ratio = 1/64, chunk 4096): build the adapter layout the
 method sends and the codec the simulator builds for it, and count what the simulator
 counts in ``metrics.jsonl`` (float32 payloads; framing and wire compression not counted):

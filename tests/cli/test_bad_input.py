@@ -1,5 +1,5 @@
 """Bad input to ``drencoder run``: one clear line on stderr, exit 2, nothing trained, nothing
-overwritten (GitHub issue 7, part 1).
+overwritten.
 
 Every case runs the real command line on a tiny random Llama saved as a local Hugging Face
 folder. Cases that resume start from a copy of one finished tiny run and corrupt one file;

@@ -1,4 +1,4 @@
-"""The contract every Codec passes (STYLE.md habit 8), parametrised over all codecs.
+"""The contract every Codec passes, parametrised over all codecs.
 
 Small d = 352, not a multiple of the chunk size 64 (the last chunk is zero-padded), and a
 compression ratio of 1/8 so that the latents are not trivially small.

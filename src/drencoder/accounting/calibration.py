@@ -2,7 +2,7 @@
 
 ε is decreasing in σ for every accountant here: the search brackets the crossing, finds
 it with Brent's method on log σ, and returns a σ on the feasible side, so the calibrated σ
-never overshoots the target ε (STYLE habit 8). The
+never overshoots the target ε. The
 search works on any event family ``σ ↦ DpEvent`` (e.g. a fixed stage-1 charge followed by
 T rounds), so a run can be calibrated for its whole ledger, not just its rounds.
 

@@ -9,7 +9,7 @@ References:
   rounds at rate q. It is an *approximation* that can understate ε for small T or large q,
   so every use raises :class:`GdpApproximationWarning`.
 
-No maintained library implements GDP accounting, hence this module (DESIGN §3). It is
+No maintained library implements GDP accounting, hence this module (docs/design.md §3). It is
 tested against dp-accounting's PLD accountant, which must agree when q = 1.
 """
 

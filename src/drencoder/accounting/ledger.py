@@ -1,13 +1,13 @@
 """The privacy ledger of a run: every charged event, composed per client.
 
-Habit 1 of STYLE.md (describe, then account): mechanisms describe what they did as
+Describe, then account: mechanisms describe what they did as
 DpEvents; the run records them here; ε is derived from the ledger, never stored beside it.
 
 Each entry is charged either to every client (``clients=None``: the stage-1 statistics
 release, or a ``central``-noise round, where any client may have been sampled and the
 amplified event applies to all) or to the listed clients only (``local`` noise: the server
 knows who took part, so each participant is charged an un-amplified Gaussian round and
-non-participants nothing; DESIGN §3). ε of the run is the worst client's ε.
+non-participants nothing; docs/design.md §3). ε of the run is the worst client's ε.
 
 Every ε of a ledger is stated under one neighbouring relation (``relation``, see
 :mod:`drencoder.accounting.relation`): the events are what the mechanisms did, the relation

@@ -8,7 +8,7 @@ from drencoder.cli.options import add_config_arguments
 from drencoder.errors import ConfigError
 
 DESCRIPTION = """\
-Run the methods of DESIGN §5 (fedavg-lora, dp-fedavg-lora, ffa-lora-dp,
+Run the methods of docs/design.md §5 (fedavg-lora, dp-fedavg-lora, ffa-lora-dp,
 dp-random-projection, dr-encoder) on the same data, rounds and seeds, each private method
 with sigma calibrated to each target epsilon, then write a table, plots and verdicts into
 OUT/report.md. Every run is an ordinary `drencoder run` directory under OUT/runs/; calling

@@ -1,4 +1,4 @@
-"""Comparing the methods of DESIGN §5 at matched privacy: a grid of ordinary runs
+"""Comparing the methods of docs/design.md §5 at matched privacy: a grid of ordinary runs
 (methods × target ε × seeds), each final adapter scored, one table, plots and verdicts."""
 
 from drencoder.compare.execute import run_comparison

@@ -1,4 +1,4 @@
-"""What a comparison runs: the grid of methods × target ε × seeds (DESIGN §5).
+"""What a comparison runs: the grid of methods × target ε × seeds (docs/design.md §5).
 
 Every planned run is an ordinary ``drencoder run`` configuration: the user's config
 (preset, file, ``--set``) plus ``method``, ``target_epsilon`` and ``seed``, plus any

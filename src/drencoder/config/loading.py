@@ -1,7 +1,7 @@
 """The run configuration: frozen dataclasses loaded from TOML, validated at load time.
 
-One TOML file, ``--set key=value`` overrides and named presets all feed one loader
-(STYLE habit 9). Keys are dotted paths (``privacy.clip_norm``); ``method``, ``rounds``,
+One TOML file, ``--set key=value`` overrides and named presets all feed one loader.
+Keys are dotted paths (``privacy.clip_norm``); ``method``, ``rounds``,
 ``clients``, ``target_epsilon``, ``delta`` and ``seed`` are top-level. Unknown keys are
 refused with the closest known key. Every error names the key, the value and what is
 allowed, as a ``ConfigError`` (exit code 2 in the CLI). Sections that are library settings

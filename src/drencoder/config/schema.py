@@ -28,7 +28,7 @@ from drencoder.prior.release import StatisticsRelease
 
 
 class Method(ConfigEnum):
-    """The five methods every comparison includes (DESIGN §5)."""
+    """The five methods every comparison includes (docs/design.md §5)."""
 
     FEDAVG_LORA = "fedavg-lora"
     DP_FEDAVG_LORA = "dp-fedavg-lora"

@@ -1,5 +1,5 @@
 """Evaluation: multiple-choice scoring by answer-letter log-likelihood, held-out loss, and
-the result record every score is stored with (DESIGN §4)."""
+the result record every score is stored with (docs/design.md §4)."""
 
 from drencoder.evaluation.loss import LossResult, heldout_loss
 from drencoder.evaluation.records import NO_ADAPTER, adapter_hash, eval_record

@@ -1,6 +1,6 @@
 """Result records: a score never travels without what it was measured on.
 
-DESIGN §4: every score carries the number of shots, the number of questions, the model,
+docs/design.md §4: every score carries the number of shots, the number of questions, the model,
 the adapter, the method and ε. ``eval_record`` builds that dict (JSON-ready: only str,
 int, float, None, lists and dicts) from an ``MCResult`` or a ``LossResult``.
 

@@ -19,7 +19,7 @@ at 0 on each first real token, and only the last position's logits are requested
 also for a model with absolute position embeddings. The model runs under ``torch.no_grad()`` in
 eval mode, and its previous train/eval mode is restored afterwards.
 
-Accuracy is the mean over questions (so subjects weigh by their size), as DESIGN §4
+Accuracy is the mean over questions (so subjects weigh by their size), as docs/design.md §4
 specifies; per-subject accuracies are reported alongside.
 """
 

@@ -1,4 +1,4 @@
-"""The evaluation tasks by name, scored the lm-evaluation-harness way (DESIGN §4).
+"""The evaluation tasks by name, scored the lm-evaluation-harness way (docs/design.md §4).
 
 ``evaluate_tasks(model, tokenizer, ["mmlu", "ceval", "sentiment"])`` scores each task with
 ``score_multiple_choice``: the log-likelihood of each answer letter (``" A"``, ``" B"``…)

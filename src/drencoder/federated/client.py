@@ -1,5 +1,5 @@
 """One client's work in a round: train locally from the global adapter, form the update,
-encode it and privatise it (DESIGN §2 stage 2 steps 2-5).
+encode it and privatise it (docs/design.md §2 stage 2 steps 2-5).
 
 The simulator passes the same base model to every client; only the LoRA state is swapped
 (``set_adapter_state``), so memory does not grow with the number of clients.

@@ -1,4 +1,4 @@
-"""The uplink codec of a run, built once at its start (DESIGN §2, §5).
+"""The uplink codec of a run, built once at its start (docs/design.md §2, §5).
 
 Identity and random projection need nothing from the clients. DR-Encoder runs stage 1
 across the wire: the server draws the clients' seeds (:func:`stage1_tasks`), the client

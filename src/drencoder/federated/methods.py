@@ -1,4 +1,4 @@
-"""The five methods of DESIGN §5 as data: what each sends and whether it is private.
+"""The five methods of docs/design.md §5 as data: what each sends and whether it is private.
 
 | method                 | codec on the uplink            | DP  | uplink blocks | stage 1 |
 |------------------------|--------------------------------|-----|---------------|---------|

@@ -1,4 +1,4 @@
-"""The server's side of a run, whatever carries the messages (DESIGN §2, §3, §7).
+"""The server's side of a run, whatever carries the messages (docs/design.md §2, §3, §7).
 
 :class:`FederatedServer` owns the global adapter, the privacy ledger, the codec, the
 server's named generators, the metrics, checkpoints and outputs of a run directory. A

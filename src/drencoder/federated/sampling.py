@@ -1,4 +1,4 @@
-"""Which clients take part in a round (DESIGN §2, stage 2 step 1).
+"""Which clients take part in a round (docs/design.md §2, stage 2 step 1).
 
 ``poisson``: each client joins independently with probability q (the case the
 amplification analyses assume); a round may have no participant, and then the global

@@ -1,5 +1,5 @@
 """The server's side of a round: aggregate the messages, decode, update the global adapter
-(DESIGN §2 stage 2 step 6). All of it is post-processing of the privatised messages.
+(docs/design.md §2 stage 2 step 6). All of it is post-processing of the privatised messages.
 
 A round's aggregate is computed in two steps: :func:`release` forms what the round
 releases in the latent space (the noised mean for ``mean_then_decode``, the messages

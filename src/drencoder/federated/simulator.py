@@ -1,4 +1,4 @@
-"""The in-process federated simulator (DESIGN §7): clients run one after another on one
+"""The in-process federated simulator (docs/design.md §8): clients run one after another on one
 shared base model, swapping only LoRA state, so memory does not grow with the client count.
 
 A run: evaluate the base model; DR-Encoder stage 1 when the method has it; then rounds of

@@ -1,6 +1,6 @@
 """DR-Encoder stage 1, orchestrated: warm-up, statistics release, prior, auto-encoder.
 
-DESIGN.md §2 stage 1, in the simulator's terms (one shared base model, clients one after
+docs/design.md §2 stage 1, in the simulator's terms (one shared base model, clients one after
 another, only the LoRA state swapped):
 
 1. every client starts from the global adapter and runs ``stage1.epochs`` local warm-up

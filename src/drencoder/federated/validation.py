@@ -1,6 +1,6 @@
-"""Server-side checks of client messages before aggregation (GitHub issue 7, part 2).
+"""Server-side checks of client messages before aggregation.
 
-A client message is the latent ``z`` a client uploads (DESIGN §2 stage 2 steps 3-5). The
+A client message is the latent ``z`` a client uploads (docs/design.md §2 stage 2 steps 3-5). The
 server cannot trust it: a buggy or malicious client, or a damaged transport, can send
 anything. :func:`check_message` raises :class:`PayloadRejected` with the reason for the
 first failed check, in this order:

@@ -1,6 +1,6 @@
 """The privacy-relevant choices of a run, as explicit enums whose values are config strings.
 
-DESIGN.md §2 (stage 2) and STYLE.md habit 3: every choice that changes what is released or
+docs/design.md §2 (stage 2): every choice that changes what is released or
 what the accountant may claim is a named value that appears in configs, logs and the ledger,
 never a silent default hidden in code. Parsing an unknown string raises ``ConfigError``
 listing the valid values: ``NoisePlacement("centre")`` fails loudly.
@@ -23,7 +23,7 @@ class ConfigEnum(StrEnum):
 
 
 class NoisePlacement(ConfigEnum):
-    """Who adds the Gaussian noise of stage 2 (DESIGN.md §2, stage 2 step 5).
+    """Who adds the Gaussian noise of stage 2 (docs/design.md §2, stage 2 step 5).
 
     ``local`` (default): each client adds N(0, σ²C²I) to its clipped latent before upload;
     the guarantee holds against the server itself, which knows who took part, so no
@@ -37,7 +37,7 @@ class NoisePlacement(ConfigEnum):
 
 
 class ClipPoint(ConfigEnum):
-    """Where the update is clipped (DESIGN.md §2 stage 2 step 4, paper.md §5 D8).
+    """Where the update is clipped (docs/design.md §2 stage 2 step 4, §9 D8).
 
     ``latent`` (default, our reading): encode Δ, then clip and noise the latent z; the
     sensitivity is that of what is transmitted. ``update``: clip and noise Δ itself in the
@@ -51,7 +51,7 @@ class ClipPoint(ConfigEnum):
 
 
 class Aggregation(ConfigEnum):
-    """How the server combines messages (DESIGN.md §2 stage 2 step 6, paper.md §5 D10).
+    """How the server combines messages (docs/design.md §2 stage 2 step 6, §9 D10).
 
     ``mean_then_decode`` (default): Dec(mean of latents). ``decode_then_mean``: mean of
     Dec(latent) per client. Both are post-processing; they differ because Dec is nonlinear.
@@ -62,7 +62,7 @@ class Aggregation(ConfigEnum):
 
 
 class PrivacyUnit(ConfigEnum):
-    """What one epsilon protects (DESIGN.md §3, docs/privacy.md).
+    """What one epsilon protects (docs/design.md §3, docs/privacy.md).
 
     ``client`` (default): one client's whole dataset; each round's update is clipped and
     noised (client-level DP). ``record``: one training example; every client runs DP-SGD
@@ -90,7 +90,7 @@ class RecordSpace(ConfigEnum):
 
 
 class Sampling(ConfigEnum):
-    """How the server picks the clients of a round (DESIGN.md §2 stage 2 step 1).
+    """How the server picks the clients of a round (docs/design.md §2 stage 2 step 1).
 
     ``poisson`` (default): every client takes part independently with probability q; this is
     what the amplification-by-sampling analyses (RDP, PLD, GDP CLT) assume. ``fixed``: exactly

@@ -2,7 +2,7 @@
 
 Clients compute :class:`ClientStatistics` of their warm-up updates and upload them through
 :class:`StatisticsRelease`; the server pools them (:func:`pool_statistics`) and draws
-synthetic updates with :class:`PriorSampler` to train the auto-encoder (DESIGN.md §2).
+synthetic updates with :class:`PriorSampler` to train the auto-encoder (docs/design.md §2).
 """
 
 from drencoder.prior.pooling import PooledStatistics, Pooling, pool_statistics

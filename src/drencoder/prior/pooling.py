@@ -1,14 +1,14 @@
-"""Server-side pooling of the clients' released statistics (DESIGN.md §2 stage 1 step 3).
+"""Server-side pooling of the clients' released statistics (docs/design.md §2 stage 1 step 3).
 
 The pooled prior is a *mixture of per-block Gaussians*: a tuple of components (each a
 :class:`BlockStatistics`) with weights. :class:`Pooling` picks how it is formed:
 
-- ``mean`` (default, paper.md §2.2): per epoch e and block ℓ, the mean of the clients'
+- ``mean`` (default, docs/design.md §9 D4): per epoch e and block ℓ, the mean of the clients'
   means and the root mean square of their stds,
   ``μ̄ = (1/N) Σ_i μ_i``, ``s̄ = sqrt((1/N) Σ_i s_i²)``. One component per epoch, equal
   weights. (This is not the std of the clients' mixture: the spread of the means across
   clients is left out, as in the paper's reconstruction.)
-- ``mixture`` (paper.md §5 D4): one component per (client, epoch), so a sample first picks
+- ``mixture`` (docs/design.md §9 D4): one component per (client, epoch), so a sample first picks
   a client uniformly, then one of its epochs uniformly, then draws from its Gaussian.
 
 ``released_noise_std``: if the statistics were released with Gaussian noise of std τ

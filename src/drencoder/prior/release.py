@@ -1,4 +1,4 @@
-"""Differentially private release of a client's statistics (DESIGN.md §2 stage 1 step 2).
+"""Differentially private release of a client's statistics (docs/design.md §2 stage 1 step 2).
 
 Our extension, on by default: the statistics are a release like any other, so a client
 clips its statistics vector (:meth:`ClientStatistics.to_vector`, the means and stds of all

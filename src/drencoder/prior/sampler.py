@@ -1,9 +1,9 @@
-"""Synthetic updates drawn from the pooled prior (DESIGN.md §2 stage 1 step 3).
+"""Synthetic updates drawn from the pooled prior (docs/design.md §2 stage 1 step 3).
 
 A sample is one flat vector on the layout: pick one component of the pooled mixture (for
 ``mean`` pooling the components are the local epochs, so the epoch is chosen uniformly
 per sample; for ``mixture`` pooling, a client and then one of its epochs), then draw every
-entry of block ℓ i.i.d. N(μ_ℓ, s_ℓ²) (paper.md §5 D5). All randomness comes from the
+entry of block ℓ i.i.d. N(μ_ℓ, s_ℓ²) (docs/design.md §9 D5). All randomness comes from the
 caller's generator: the same generator state gives the same samples, bit for bit.
 
 The sampler is the only data source the auto-encoder's training accepts

@@ -1,6 +1,6 @@
 """Per-LoRA-matrix statistics of an update: the only thing stage 1 takes from a client.
 
-DESIGN.md §2 stage 1 step 1 and paper.md §2.2: for every layout block (one ``lora_A`` or
+docs/design.md §2 stage 1 step 1 and §9 D2: for every layout block (one ``lora_A`` or
 ``lora_B`` matrix of one module of one layer) and every local epoch, the mean and the
 *population* standard deviation (divide by the block size n, as in the paper's
 reconstructed equations) of the update's entries. Statistics are computed in float64 and

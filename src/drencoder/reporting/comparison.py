@@ -1,5 +1,5 @@
 """A comparison's outputs: ``results.json``, ``results.csv`` (one line per run), plots and
-``report.md`` (the table of DESIGN §5, the verdicts and what they rest on)."""
+``report.md`` (the table of docs/design.md §5, the verdicts and what they rest on)."""
 
 from __future__ import annotations
 
