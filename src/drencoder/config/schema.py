@@ -330,7 +330,7 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    local: TrainSettings = field(default_factory=lambda: TrainSettings(lr=5e-4, steps=2))
+    local: TrainSettings = field(default_factory=TrainSettings)
     server: ServerConfig = field(default_factory=ServerConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)

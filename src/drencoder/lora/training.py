@@ -50,10 +50,10 @@ class TrainSettings:
     """Hyper-parameters of one client's local training in one round."""
 
     lr: float = field(
-        default=2e-4, metadata={"help": "Learning rate of the local optimizer (> 0)."}
+        default=5e-4, metadata={"help": "Learning rate of the local optimizer (> 0)."}
     )
     steps: int = field(
-        default=10, metadata={"help": "Optimizer steps per round, one batch each (>= 1)."}
+        default=2, metadata={"help": "Optimizer steps per round, one batch each (>= 1)."}
     )
     optimizer: OptimizerName = field(
         default=OptimizerName.ADAMW,
