@@ -103,7 +103,8 @@ def test_table_output_says_which_split(tiny_dir, capsys):
         (["--tasks", "mmlu", "--shots", "7"], "use --shots 0 to 5"),
         (["--tasks", "mmlu", "--limit", "0"], "--limit must be >= 1"),
         (["--tasks", "mmlu", "--adapter", "no/such/adapter"], "adapter directory"),
-        (["--device", "tpu"], "invalid choice"),
+        (["--device", "tpu"], "must be cpu, cuda or cuda:N, got 'tpu'"),
+        (["--device", "cuda:x"], "must be cpu, cuda or cuda:N, got 'cuda:x'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tiny_dir, capsys, extra, needle):
@@ -125,3 +126,10 @@ def test_missing_ceval_column_is_one_line(tiny_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "law_val.csv: missing columns ['D', 'answer']" in err and "ceval-exam.zip" in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_argument_accepts_what_model_device_accepts(name):
+    from drencoder.cli.options import device
+
+    assert device(name) == name

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from drencoder.cli.options import device
+
 DESCRIPTION = """\
 Score a model on MMLU, C-Eval and/or Chinese review sentiment the lm-evaluation-harness
 way: log-likelihood of each answer letter after the prompt, argmax, accuracy averaged over
@@ -44,7 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="score at most N questions per task")
     p.add_argument("--ceval-dir", metavar="DIR", help="official C-Eval folder (val/, dev/)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="default: 8")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: cpu")
+    p.add_argument(
+        "--device", default="cpu", type=device, help="cpu, cuda or cuda:N (default: cpu)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from drencoder.config import PRESETS, RunConfig, load_config
+from drencoder.config.loading import is_device
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,3 +29,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_arguments(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, overrides=args.overrides, preset=args.preset)
+
+
+def device(text: str) -> str:
+    """An argparse type: a torch device, cpu, cuda or cuda:N (the rule of ``model.device``)."""
+    if not is_device(text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    return text

@@ -102,10 +102,15 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
         raise ConfigError(
             f"{key} must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}"
         )
-    if meta.get("pattern") == "device" and not (
-        value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit())
-    ):
+    if meta.get("pattern") == "device" and not is_device(value):
         raise ConfigError(f"{key} must be cpu, cuda or cuda:N, got {value!r}")
+
+
+def is_device(value: object) -> bool:
+    """Whether ``value`` names a torch device drencoder runs on: cpu, cuda or cuda:N."""
+    return isinstance(value, str) and (
+        value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+    )
 
 
 RENAMED = {
