@@ -118,3 +118,16 @@ def test_a_reproducible_run_says_epsilon_does_not_hold_against_the_seed(
     assert "does NOT hold" in privacy["noise_seed"]
     report = (out / "report.md").read_text()
     assert "**Warning.**" in report and "does NOT hold" in report
+
+
+@pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
+def test_json_prints_one_object_with_the_summary(tmp_path, capsys, tiny_model_dir):
+    import json
+
+    out = tmp_path / "run"
+    argv = ["run", "--preset", "smoke", "--set", f'model.name="{tiny_model_dir}"', "--json"]
+    assert main([*argv, "--set", "rounds=1", "--out", str(out), "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out)  # nothing else on stdout
+    assert record["run_dir"] == str(out)
+    assert record["report"] == str(out / "report.md")
+    assert record["summary"] == json.loads((out / "summary.json").read_text())

@@ -203,3 +203,23 @@ def test_new_tasks_rescore_saved_adapters_without_training(tmp_path, monkeypatch
     metrics = second["rows"][0]["metrics"]
     assert "sentiment accuracy" in metrics and "sentiment accuracy (run eval)" in metrics
     assert "sentiment (4 questions)" in (out / "report.md").read_text()
+
+
+def test_cli_json_prints_one_object(tmp_path, capsys, monkeypatch):
+    import json
+
+    import drencoder.compare as compare_pkg
+
+    fake = {"records": [{"name": "fedavg-lora_seed0"}], "rows": [], "verdicts": []}
+    seen = {}
+
+    def fake_run(spec, out, **kwargs):
+        seen["spec"] = spec
+        return fake
+
+    monkeypatch.setattr(compare_pkg, "run_comparison", fake_run)
+    out = tmp_path / "c"
+    assert main(["compare", "--out", str(out), "--preset", "smoke", "--json", "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out)  # nothing else on stdout
+    assert record == {"out": str(out), "report": f"{out}/report.md", **fake}
+    assert seen["spec"].preset == "smoke"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from drencoder.cli.options import add_config_arguments
 from drencoder.errors import ConfigError
@@ -85,6 +86,12 @@ def register(subparsers) -> None:
         default=[],
         help="override one key for one method (repeatable), e.g. dr-encoder:privacy.clip_norm=0.5",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (out, report and the comparison's summary) instead of "
+        "the text lines",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -117,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         method_overrides=_method_overrides(args.method_set),
     )
     result = run_comparison(spec, args.out, progress=not args.no_progress)
+    if args.json:
+        record = {"out": str(args.out), "report": f"{args.out}/report.md", **result}
+        print(json.dumps(record, indent=1))
+        return 0
     print(f"comparison: {args.out}/report.md ({len(result['records'])} runs)")
     for v in result["verdicts"]:
         if v["delta"] is not None and "accuracy" in v["metric"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
 
@@ -50,6 +51,12 @@ def register(subparsers) -> None:
         "(privacy.reproducible_noise = true), so the run repeats exactly; epsilon then does "
         "not hold against anyone who knows the seed (default: OS entropy)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (run_dir, report, summary: summary.json) instead of the "
+        "text lines",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -81,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {REPRODUCIBLE_NOISE_WARNING}", file=sys.stderr)
     summary = sim.run()
     out = sim.run_dir
+    if args.json:
+        record = {"run_dir": str(out), "report": str(out / "report.md"), "summary": summary}
+        print(json.dumps(record, indent=1))
+        return 0
     print(f"run directory: {out}")
     print(f"report:        {out / 'report.md'}")
     print(f"rounds:        {summary['rounds_done']} of {summary['rounds_planned']}")
