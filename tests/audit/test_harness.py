@@ -15,12 +15,12 @@ import json
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tiny_tokenizer, tiny_simulator
 from drencoder.audit import AuditSimulator, draw_coins, run_audit
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
 from drencoder.federated import server as server_mod
 from drencoder.mechanisms import Aggregation, GaussianMechanism
+from helpers import make_tiny_llama, make_tiny_tokenizer, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::drencoder.accounting.GdpApproximationWarning",

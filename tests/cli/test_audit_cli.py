@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.cli.main import main
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::drencoder.accounting.GdpApproximationWarning",

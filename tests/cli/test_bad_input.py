@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.cli.main import main
 from drencoder.federated import runtime as runtime_mod
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

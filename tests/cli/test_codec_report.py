@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.cli.main import main
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 FAST = ["clients=2", "local.lr=0.01", "codec.train_steps=3", "eval.questions=4"]
 

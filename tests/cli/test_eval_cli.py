@@ -26,7 +26,7 @@ def ceval_fixture(root):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from conftest import make_tiny_llama, make_tiny_tokenizer
+    from helpers import make_tiny_llama, make_tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny")
     make_tiny_llama().save_pretrained(folder)
@@ -62,8 +62,8 @@ def test_json_shape_and_limit(tiny_dir, tmp_path, capsys):
 
 
 def test_adapter_is_loaded_and_hashed(tiny_dir, tmp_path, capsys):
-    from conftest import make_tiny_llama
     from drencoder.lora import LoraSettings, attach_lora, get_adapter_state, set_adapter_state
+    from helpers import make_tiny_llama
 
     peft_model = attach_lora(make_tiny_llama(), LoraSettings(rank=2, alpha=4), seed=1)
     state = get_adapter_state(peft_model)

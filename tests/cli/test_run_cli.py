@@ -28,7 +28,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, n
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """The tiny random model saved as a local Hugging Face folder."""
-    from conftest import make_tiny_llama, make_tiny_tokenizer
+    from helpers import make_tiny_llama, make_tiny_tokenizer
 
     model_dir = tmp_path / "tiny"
     make_tiny_llama().save_pretrained(model_dir)

@@ -6,13 +6,13 @@ import csv
 
 import pytest
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.cli.main import main
 from drencoder.compare import CompareSpec, plan_runs, run_comparison
 from drencoder.compare.table import stat, verdict
 from drencoder.config import Method
 from drencoder.errors import ConfigError
 from drencoder.federated import simulator as sim_mod
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

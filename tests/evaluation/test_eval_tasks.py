@@ -162,7 +162,6 @@ def test_ceval_folder_errors_name_the_path_and_the_fix(tmp_path, tiny_tokenizer)
 
 
 def test_saved_adapter_changes_the_scores(tmp_path, tiny_tokenizer):
-    from conftest import make_tiny_llama
     from drencoder.lora import (
         LoraSettings,
         attach_lora,
@@ -170,6 +169,7 @@ def test_saved_adapter_changes_the_scores(tmp_path, tiny_tokenizer):
         load_adapter,
         set_adapter_state,
     )
+    from helpers import make_tiny_llama
 
     peft_model = attach_lora(make_tiny_llama(), LoraSettings(rank=4, alpha=8), seed=3)
     state = get_adapter_state(peft_model)

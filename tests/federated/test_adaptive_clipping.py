@@ -9,7 +9,6 @@ import dp_accounting
 import pytest
 import torch
 
-from conftest import tiny_simulator
 from drencoder.codecs import IdentityCodec
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
@@ -18,6 +17,7 @@ from drencoder.federated import budget
 from drencoder.federated import runtime as runtime_mod
 from drencoder.federated.client import make_reply
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
+from helpers import tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.config import load_config
 from drencoder.federated.simulator import Simulator
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytestmark = [
     pytest.mark.gpu,

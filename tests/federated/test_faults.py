@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import tiny_simulator
 from drencoder.errors import ClientDropoutWarning
+from helpers import tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

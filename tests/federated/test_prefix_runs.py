@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from conftest import tiny_simulator
 from drencoder.federated.summary import utility
 from drencoder.lora import PrefixCachedLM
+from helpers import tiny_simulator
 
 
 def _run(tmp_path, name, cache):

@@ -20,12 +20,12 @@ import torch
 from dp_accounting.pld import pld_privacy_accountant
 from safetensors.torch import load_file
 
-from conftest import resume_tiny_simulator, tiny_simulator
 from drencoder.config import load_config
 from drencoder.federated import runtime as runtime_mod
 from drencoder.federated.charges import read_pending
 from drencoder.federated.checkpoint import load_checkpoint
 from drencoder.federated.rounds import DP_STREAMS, derive_seed
+from helpers import resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

@@ -9,11 +9,11 @@ import dp_accounting
 import pytest
 import torch
 
-from conftest import tiny_simulator
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
 from drencoder.federated import budget
 from drencoder.federated.record import RecordDpSgd, planned_event, round_charges
+from helpers import tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

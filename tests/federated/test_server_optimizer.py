@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import resume_tiny_simulator, tiny_simulator
 from drencoder.config import ServerConfig
 from drencoder.errors import CheckpointError, ConfigError
 from drencoder.federated import orchestration as orch_mod
 from drencoder.federated.server_optimizer import GlobalOptimizer
 from drencoder.lora import apply_delta
+from helpers import resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

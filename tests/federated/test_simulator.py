@@ -9,9 +9,9 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama, resume_tiny_simulator, tiny_simulator
 from drencoder.federated import rounds as rounds_mod
 from drencoder.federated import runtime as runtime_mod
+from helpers import make_tiny_llama, resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 

@@ -9,7 +9,6 @@ import dp_accounting
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.codecs import ConvAutoencoderCodec, MlpAutoencoderCodec
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
@@ -30,6 +29,7 @@ from drencoder.lora import (
     train_local,
 )
 from drencoder.prior import PriorSampler
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 OVERRIDES = ["clients=2", "local.lr=0.01", "codec.train_steps=3", "eval.questions=4"]
 

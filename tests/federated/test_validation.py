@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.codecs import IdentityCodec, RandomProjectionCodec
 from drencoder.config import load_config
 from drencoder.federated import orchestration as orch_mod
@@ -24,6 +23,7 @@ from drencoder.federated.validation import (
     norm_bound,
 )
 from drencoder.mechanisms import GaussianMechanism
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 K, C, SIGMA = 16, 2.0, 0.5
 CENTRAL = {

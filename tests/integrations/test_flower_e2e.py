@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytest.importorskip("flwr")
 

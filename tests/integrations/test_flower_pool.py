@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytest.importorskip("flwr")
 

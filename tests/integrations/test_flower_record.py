@@ -7,7 +7,7 @@ import dp_accounting
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytest.importorskip("flwr")
 

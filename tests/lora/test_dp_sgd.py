@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.data import SENTIMENT_FORMAT, MCItem, build_examples, collate
 from drencoder.errors import ConfigError
 from drencoder.lora import (
@@ -22,6 +21,7 @@ from drencoder.lora.per_example import per_example_gradients
 from drencoder.lora.prefix import PrefixCachedLM, StateStore
 from drencoder.lora.training import _prepare, batch_loss
 from drencoder.mechanisms import noise_generator
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 ITEMS = [
     MCItem(uid=f"r{i}", question=q, choices=("negative", "positive"), answer=a, subject="s")

@@ -6,7 +6,6 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
-from conftest import make_tiny_llama
 from drencoder.errors import ConfigError
 from drencoder.lora import (
     AdapterUpdateError,
@@ -21,6 +20,7 @@ from drencoder.lora import (
     set_adapter_state,
     trainable_keys,
 )
+from helpers import make_tiny_llama
 
 PREFIX = "base_model.model.model.layers."
 

@@ -7,7 +7,6 @@ import itertools
 import pytest
 import torch
 
-from conftest import make_tiny_llama
 from drencoder.errors import ConfigError
 from drencoder.lora import (
     AdapterUpdateError,
@@ -22,6 +21,7 @@ from drencoder.lora import (
     train_local,
     trainable_keys,
 )
+from helpers import make_tiny_llama
 
 TEXTS = ["the quick brown fox jumps.", "over the lazy dog, 42 times!"]
 

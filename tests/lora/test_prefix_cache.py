@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_llama, make_tiny_tokenizer
 from drencoder.data import SENTIMENT_FORMAT, MCItem, build_examples, collate
 from drencoder.errors import ConfigError
 from drencoder.evaluation import score_multiple_choice
@@ -13,6 +12,7 @@ from drencoder.lora import LoraSettings, attach_lora
 from drencoder.lora.adapter import adapted_layers
 from drencoder.lora.prefix import PrefixCachedLM, StateStore, fingerprint, prefix_cached
 from drencoder.lora.training import batch_loss
+from helpers import make_tiny_llama, make_tiny_tokenizer
 
 ITEMS = [
     MCItem(uid=f"t{i}", question=q, choices=("negative", "positive"), answer=a, subject="sentiment")

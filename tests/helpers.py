@@ -1,0 +1,84 @@
+"""Helpers shared by the tests: a tiny tokenizer and tiny random-weight models built in code
+(no files), and tiny simulators. Tests import them from here (``from helpers import ...``);
+``conftest.py`` holds only fixtures."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+
+TINY_VOCAB = [
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    " ",
+    *string.ascii_letters,
+    *string.digits,
+    *".,:?!\n-",
+]
+
+
+def make_tiny_tokenizer():
+    """A character-level fast tokenizer with BOS/EOS/PAD, enough for scoring and training."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(TINY_VOCAB)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def make_tiny_llama(seed: int = 0, *, vocab_size: int = len(TINY_VOCAB)):
+    """A 2-layer Llama with random weights: same module names as SmolLM2 (q/k/v/o_proj)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)  # weights of a test model only; library code never seeds globally
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+def tiny_simulator(run_dir, overrides, *, hook=None):
+    """A Simulator of the smoke preset plus ``overrides``, on a fresh tiny model."""
+    from drencoder.config import load_config
+    from drencoder.federated.simulator import Simulator
+
+    return Simulator(
+        load_config(preset="smoke", overrides=list(overrides)),
+        run_dir,
+        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        progress=False,
+        hook=hook,
+    )
+
+
+def resume_tiny_simulator(run_dir):
+    """``Simulator.resume(run_dir)`` on a fresh tiny model."""
+    from drencoder.federated.simulator import Simulator
+
+    return Simulator.resume(
+        run_dir, model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()), progress=False
+    )
