@@ -380,11 +380,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cross-device": {
         **_CROSS_DEVICE,
-        "clients": 2000,
-        "data.examples_per_client": 4,
-        "sampling.rate": 0.1,
+        "clients": 5000,
+        "data.examples_per_client": 2,
+        "sampling.rate": 0.04,
         "rounds": 40,
-        "eval.every": 10,
+        "eval.every": 0,
     },
     # What `make demo` runs: the cross-device preset, smaller and shorter.
     "demo": {
