@@ -186,6 +186,8 @@ def test_train_sends_the_full_mechanism(server):
         "noise_multiplier": 3.0,
         "count_noise": None,
         "relation": "replace-one",
+        "unit": "client",
+        "record": None,
     }
     assert all("noise-multiplier" not in m.content.config_records["task"] for m in grid.sent)
 
