@@ -85,8 +85,7 @@ class SubspaceCodec(Codec):
             if not isinstance(q, torch.Tensor) or q.ndim != 2 or q.shape[0] != n:
                 shape = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
                 raise ConfigError(
-                    f"basis of block {block.key!r} must have shape [{n}, a] (a <= {n}), "
-                    f"got {shape}"
+                    f"basis of block {block.key!r} must have shape [{n}, a] (a <= {n}), got {shape}"
                 )
             if q.shape[1] > n:
                 raise ConfigError(f"basis of block {block.key!r} has {q.shape[1]} > {n} columns")
