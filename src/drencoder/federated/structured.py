@@ -5,13 +5,15 @@ Every option builds a :class:`~drencoder.codecs.SubspaceCodec` of latent size
 k = ``latent_dim_for(d, codec.compression_ratio)`` (the same bytes as the random projection
 and the auto-encoder), allocated over the LoRA matrices by :func:`~drencoder.codecs.bases.allocate`:
 
-| basis     | where the subspace comes from                                | privacy cost        |
-|-----------|--------------------------------------------------------------|---------------------|
-| random    | a seeded random orthonormal basis per matrix                  | none                |
-| history   | top directions of the last ``codec.history_rounds`` decoded DP aggregates; round 1 random | none: post-processing |
-| proxy     | the server's own updates on public examples (:mod:`.proxy`)   | none: no client data |
-| sketch    | a DP sketch of every client's warm-up update, released in stage 1 | one Gaussian release, charged to every client |
-| energy    | latent split by block energies of the DP stage-1 statistics, random inside | the statistics release, charged as for ``autoencoder`` |
+- ``random``: a seeded random orthonormal basis per matrix. Privacy cost: none.
+- ``history``: the top directions of the last ``codec.history_rounds`` decoded DP
+  aggregates (round 1: random). None: post-processing of released aggregates.
+- ``proxy``: the server's own updates on public examples (:mod:`.proxy`). None: no client
+  data.
+- ``sketch``: a DP sketch of every client's warm-up update, released in stage 1. One
+  Gaussian release, charged to every client before it is asked.
+- ``energy``: the latent split by the block energies of the DP stage-1 statistics, random
+  directions inside each block. The statistics release, charged as for ``autoencoder``.
 
 The ``history`` and ``proxy`` subspaces are rebuilt every ``codec.refresh_every`` rounds
 (:func:`refresh`), from the decoded aggregates every client receives (through the global
@@ -171,7 +173,10 @@ def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator
             label=f"stage-1 DP sketch (width {cfg.codec.sketch_width}), {server.relation.value}",
         )
     sides = [short_side(b) for b in layout.blocks]
-    widths = [min(cfg.codec.sketch_width, matrix_shape(b)[s]) for b, s in zip(layout.blocks, sides)]
+    widths = [
+        min(cfg.codec.sketch_width, matrix_shape(b)[s])
+        for b, s in zip(layout.blocks, sides, strict=True)
+    ]
     encoder = SubspaceCodec(
         layout=layout,
         bases=random_bases(layout, widths, generator=gen, sides=sides),
@@ -204,7 +209,7 @@ def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator
     # per block instead of n_b × N·s).
     grams = [
         torch.zeros(matrix_shape(b)[1 - s], matrix_shape(b)[1 - s], dtype=torch.float64)
-        for b, s in zip(layout.blocks, sides)
+        for b, s in zip(layout.blocks, sides, strict=True)
     ]
     long_sides = [1 - s for s in sides]
     for c in sorted(accepted):
