@@ -44,7 +44,7 @@ from drencoder.federated.runtime import ClientTask
 from drencoder.federated.stage1 import draw_seed
 from drencoder.federated.validation import accept_messages, message_limits
 from drencoder.lora import Layout
-from drencoder.mechanisms import ClipPoint, GaussianMechanism, NoisePlacement
+from drencoder.mechanisms import ClipPoint
 from drencoder.prior import PriorSampler, StatisticsRelease, pool_statistics
 
 if TYPE_CHECKING:
@@ -172,22 +172,8 @@ def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator
             kind="sketch",
             label=f"stage-1 DP sketch (width {cfg.codec.sketch_width}), {server.relation.value}",
         )
-    sides = [short_side(b) for b in layout.blocks]
-    widths = [
-        min(cfg.codec.sketch_width, matrix_shape(b)[s])
-        for b, s in zip(layout.blocks, sides, strict=True)
-    ]
-    encoder = SubspaceCodec(
-        layout=layout,
-        bases=random_bases(layout, widths, generator=gen, sides=sides),
-        sides=sides,
-        source="sketch-encoder",
-    )
-    mechanism = GaussianMechanism(
-        clip_norm=release.clip_norm,
-        noise_multiplier=release.noise_multiplier,
-        placement=NoisePlacement.LOCAL,
-    )
+    encoder = sketch_encoder(layout, cfg.codec.sketch_width, generator=gen)
+    mechanism = release.mechanism
     stage1 = server.generators["stage1"]
     tasks = tuple(
         ClientTask(round=0, client=c, data_seed=draw_seed(stage1), train_seed=draw_seed(stage1))
@@ -204,21 +190,8 @@ def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator
     accepted, rejected = accept_messages(
         arrived, **message_limits(encoder, mechanism, ClipPoint.LATENT)
     )
-    # Per matrix, the second moment of the sketches' long-side vectors: its eigenvectors
-    # are the left singular vectors of all sketches side by side (one n_b × n_b matrix
-    # per block instead of n_b × N·s).
-    grams = [
-        torch.zeros(matrix_shape(b)[1 - s], matrix_shape(b)[1 - s], dtype=torch.float64)
-        for b, s in zip(layout.blocks, sides, strict=True)
-    ]
-    long_sides = [1 - s for s in sides]
-    for c in sorted(accepted):
-        x = encoder.decode(accepted[c]).unsqueeze(0).double()
-        for i, side in enumerate(long_sides):
-            v = side_vectors(x, layout, i, side)
-            grams[i] += v @ v.T
-    bases, learned = bases_from_vectors(
-        None, layout, dims, generator=gen, sides=long_sides, per_block=grams
+    bases, learned = sketch_bases(
+        [accepted[c] for c in sorted(accepted)], encoder, dims, generator=gen
     )
     server._append(
         {
@@ -233,6 +206,44 @@ def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator
         }
     )
     return bases, learned
+
+
+def sketch_encoder(layout: Layout, width: int, *, generator: torch.Generator) -> SubspaceCodec:
+    """The sketch's encoder: per LoRA matrix, its rank side multiplied by a shared random
+    orthonormal r × s matrix (s = ``width``, at most r), so a client sends n_b × s numbers
+    per matrix that span (part of) its update's long-side column space."""
+    sides = [short_side(b) for b in layout.blocks]
+    widths = [
+        min(int(width), matrix_shape(b)[s]) for b, s in zip(layout.blocks, sides, strict=True)
+    ]
+    return SubspaceCodec(
+        layout=layout,
+        bases=random_bases(layout, widths, generator=generator, sides=sides),
+        sides=sides,
+        source="sketch-encoder",
+    )
+
+
+def sketch_bases(
+    messages, encoder: SubspaceCodec, dims: list[int], *, generator: torch.Generator
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Per matrix, the top a_b left singular vectors of the released sketches side by side
+    (computed as eigenvectors of the n_b × n_b sum of their outer products), completed at
+    random. ``messages`` are the clipped and noised sketch latents."""
+    layout = encoder.layout
+    long_sides = [1 - s for s in encoder.sides]
+    grams = [
+        torch.zeros(matrix_shape(b)[s], matrix_shape(b)[s], dtype=torch.float64)
+        for b, s in zip(layout.blocks, long_sides, strict=True)
+    ]
+    for message in messages:
+        x = encoder.decode(message).unsqueeze(0).double()
+        for i, side in enumerate(long_sides):
+            v = side_vectors(x, layout, i, side)
+            grams[i] += v @ v.T
+    return bases_from_vectors(
+        None, layout, dims, generator=generator, sides=long_sides, per_block=grams
+    )
 
 
 def refresh(server: FederatedServer, decoded: torch.Tensor, t: int) -> dict | None:
