@@ -14,6 +14,9 @@ with sigma calibrated to each target epsilon, then write a table, plots and verd
 OUT/report.md. Every run is an ordinary `drencoder run` directory under OUT/runs/; calling
 the same command again continues an interrupted comparison and recomputes nothing.
 --config/--set/--preset apply to every run; --method-set applies to one method only.
+--variants adds arms: dr-encoder with a structured codec (dr-encoder+history, +proxy,
++sketch, +energy, +random) and the strawman dp-fedavg-lora+lr-scaled (the full update with
+the server learning rate scaled by codec.compression_ratio = k/d); see docs/codecs.md.
 """
 
 
@@ -85,6 +88,13 @@ def register(subparsers) -> None:
         default=[],
         help="override one key for one method (repeatable), e.g. dr-encoder:privacy.clip_norm=0.5",
     )
+    p.add_argument(
+        "--variants",
+        type=_names,
+        default=(),
+        help="extra arms METHOD+OPTION, comma-separated: dr-encoder+BASIS (a codec.basis) "
+        "and dp-fedavg-lora+lr-scaled",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -115,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         overrides=tuple(args.overrides),
         method_overrides=_method_overrides(args.method_set),
+        variants=args.variants,
     )
     result = run_comparison(spec, args.out, progress=not args.no_progress)
     print(f"comparison: {args.out}/report.md ({len(result['records'])} runs)")
