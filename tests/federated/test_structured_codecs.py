@@ -37,6 +37,10 @@ def test_every_basis_runs_at_the_latent_size_of_the_ratio(tmp_path, basis):
     k = latent_dim_for(sim.layout.dim, compression_ratio=sim.config.codec.compression_ratio)
     assert k - 4 < sim.codec.latent_dim <= k  # whole basis vectors of r = 4 numbers each
     assert summary["privacy"]["epsilon"]["pld"] <= 8.0  # calibrated with the stage-1 charge
+    # What stage 1 charged: the statistics (energy), the sketch, or nothing.
+    one_off = [e.kind for e in sim.ledger.entries if e.kind != "round"]
+    assert one_off == {"energy": ["statistics"], "sketch": ["sketch"]}.get(basis, [])
+    assert ("statistics" in summary["privacy"]) == (basis == "energy")
     metrics = rows(sim.run_dir)
     rounds = [r for r in metrics if r["kind"] == "round"]
     assert all(r["bytes_up"] % (4 * sim.codec.latent_dim) == 0 for r in rounds)

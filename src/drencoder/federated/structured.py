@@ -94,7 +94,9 @@ def build_structured(server: FederatedServer) -> SubspaceCodec:
         codec = SubspaceCodec(
             layout=layout, bases=random_bases(layout, dims, generator=gen), source="energy"
         )
-        server._append({"kind": "codec", "round": 0, "basis": basis.value, **info})
+        # The statistics release's row, as for the auto-encoder (the run summary states
+        # the release from it).
+        server._append({"kind": "stage1", "round": 0, "basis": basis.value, **info})
         return codec
     dims = latent_dims(layout, cfg)
     if basis is CodecBasis.PROXY:
