@@ -13,12 +13,13 @@ codec at the same latent size k:
 
 The codecs: ``random-projection`` (``dp-random-projection``'s), and DR-Encoder's options
 ``autoencoder`` (the paper's), ``random``, ``history``, ``proxy``, ``sketch``, ``energy``.
-``history`` is refreshed after each round from its *own* decoded aggregate
-Dec(mean Enc(u)), plus, with ``aggregate_noise`` > 0, Gaussian noise of that std on every
-latent coordinate of the mean (σC/n for central noise), as a run would see it. ``proxy``
-is rebuilt each round from the server's updates on public items from the current adapter.
-The stage-1 codecs (``autoencoder``, ``sketch``, ``energy``) are built once, from the initial
-adapter, and passed in.
+``history`` is refreshed after each round from its *own* decoded aggregates
+Dec(mean Enc(u)) (their running sum and the last ``codec.history_rounds``), each with,
+when ``aggregate_noise`` > 0, Gaussian noise of that std on every latent coordinate of the
+mean (σC/n for central noise), as a run would see it. ``proxy`` is rebuilt each round
+from the server's updates on public items from the current adapter. The stage-1 codecs
+(``autoencoder``, ``sketch``, ``energy``) are built once, from the initial adapter, and
+passed in.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from drencoder.federated.proxy import proxy_updates, proxy_workload
 from drencoder.federated.rounds import derive_seed
 from drencoder.federated.server_optimizer import GlobalOptimizer
 from drencoder.federated.stage1 import draw_seed, warmup_updates
-from drencoder.federated.structured import latent_dims
+from drencoder.federated.structured import history_vectors, latent_dims
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
 
@@ -92,7 +93,7 @@ def trace(
     random = SubspaceCodec(
         layout=layout, bases=random_bases(layout, dims, generator=_gen(config, "codec/0"))
     )
-    history, kept = random, []
+    history, kept, total = random, [], None
     proxy = proxy_workload(config, workload, tokenizer)
     optimizer = GlobalOptimizer(config.server)
     state = dict(initial)
@@ -131,9 +132,11 @@ def trace(
         z = history.encode(u).mean(0)
         if aggregate_noise > 0:
             z = z + aggregate_noise * torch.randn(z.shape, generator=noise)
-        kept = [*kept, history.decode(z)][-c.history_rounds :]
+        agg = history.decode(z)
+        kept = [*kept, agg][-c.history_rounds :]
+        total = agg.clone() if total is None else total + agg
         bases, learned = bases_from_vectors(
-            torch.stack(kept), layout, dims, generator=_gen(config, f"codec/{t}")
+            history_vectors(total, kept), layout, dims, generator=_gen(config, f"codec/{t}")
         )
         history = SubspaceCodec(layout=layout, bases=bases, source="history")
         row["history_learned_vectors"] = sum(learned)

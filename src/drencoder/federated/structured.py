@@ -6,8 +6,9 @@ k = ``latent_dim_for(d, codec.compression_ratio)`` (the same bytes as the random
 and the auto-encoder), allocated over the LoRA matrices by :func:`~drencoder.codecs.bases.allocate`:
 
 - ``random``: a seeded random orthonormal basis per matrix. Privacy cost: none.
-- ``history``: the top directions of the last ``codec.history_rounds`` decoded DP
-  aggregates (round 1: random). None: post-processing of released aggregates.
+- ``history``: the top directions of the sum of all decoded DP aggregates so far and of
+  the last ``codec.history_rounds`` ones (round 1: random). None: post-processing of
+  released aggregates.
 - ``proxy``: the server's own updates on public examples (:mod:`.proxy`). None: no client
   data.
 - ``sketch``: a DP sketch of every client's warm-up update, released in stage 1. One
@@ -258,15 +259,16 @@ def refresh(server: FederatedServer, decoded: torch.Tensor, t: int) -> dict | No
     if basis.value not in REFRESHED or not server.spec.stage1:
         return None
     if basis is CodecBasis.HISTORY:
-        server.codec_history = [*server.codec_history, decoded.detach().float().cpu()][
-            -cfg.codec.history_rounds :
-        ]
+        agg = decoded.detach().float().cpu()
+        server.codec_history = [*server.codec_history, agg][-cfg.codec.history_rounds :]
+        total = getattr(server, "codec_cumulative", None)
+        server.codec_cumulative = agg.clone() if total is None else total + agg
     if t % cfg.codec.refresh_every:
         return None
     dims = latent_dims(server.layout, cfg)
     gen = _generator(cfg, f"codec/{t}")
     if basis is CodecBasis.HISTORY:
-        vectors = torch.stack(server.codec_history)
+        vectors = history_vectors(server.codec_cumulative, server.codec_history)
     else:
         vectors = _proxy_vectors(server, t)
     bases, learned = bases_from_vectors(vectors, server.layout, dims, generator=gen)
@@ -277,12 +279,25 @@ def refresh(server: FederatedServer, decoded: torch.Tensor, t: int) -> dict | No
     return {"refreshed": name, "learned_vectors": sum(learned), "vectors": sum(dims)}
 
 
+def history_vectors(cumulative: torch.Tensor, recent: list[torch.Tensor]) -> torch.Tensor:
+    """What the ``history`` subspace is the top principal directions of: the sum of every
+    decoded aggregate so far and the last few aggregates themselves.
+
+    A decoded aggregate lies in the subspace it was sent through, so recent aggregates
+    alone can only re-find directions earlier codecs kept; each new codec explores fresh
+    random directions, and the running sum accumulates the update's projections on all of
+    them (its share of a steady update direction grows with the dimensions explored)."""
+    return torch.stack([cumulative, *recent])
+
+
 def _save(server: FederatedServer, codec: SubspaceCodec, name: str) -> None:
     root = Path(server.run_dir) / "checkpoints"
     codec.save(root / name)
     history = getattr(server, "codec_history", [])
     if history:
-        save_file({f"round.{i}": h for i, h in enumerate(history)}, str(root / name / HISTORY_FILE))
+        tensors = {f"round.{i}": h for i, h in enumerate(history)}
+        tensors["cumulative"] = server.codec_cumulative
+        save_file(tensors, str(root / name / HISTORY_FILE))
     # Keep the codecs the checkpoints still name (and this one); drop older ones.
     keep = {name, "codec"}
     for state in root.glob("round-*/state.json"):
@@ -298,6 +313,7 @@ def restore(server: FederatedServer, codec_dir: str):
     codec = load_codec(directory)
     history = directory / HISTORY_FILE
     tensors = load_file(str(history)) if history.is_file() else {}
+    server.codec_cumulative = tensors.pop("cumulative", None)
     server.codec_history = [tensors[f"round.{i}"] for i in range(len(tensors))]
     server.codec_dir = codec_dir
     return codec
