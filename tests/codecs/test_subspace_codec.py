@@ -94,6 +94,16 @@ def test_a_basis_from_updates_captures_their_span_exactly():
     assert torch.allclose(c.decode(c.encode(fresh)), fresh, atol=1e-4)
 
 
+def test_learned_share_leaves_room_for_fresh_directions():
+    updates = gaussian(9, seed=5)
+    dims = allocate(LAYOUT, latent=44)  # [3, 4, 3, 1]
+    gen = torch.Generator().manual_seed(0)
+    _, learned = bases_from_vectors(updates, LAYOUT, dims, generator=gen, learned_share=0.5)
+    assert learned == [2, 2, 2, 1]  # ceil(a_b / 2)
+    with pytest.raises(ConfigError, match="learned_share must be in"):
+        bases_from_vectors(updates, LAYOUT, dims, generator=gen, learned_share=0)
+
+
 def test_zero_vectors_fall_back_to_a_random_completion():
     dims = allocate(LAYOUT, latent=44)
     gen = torch.Generator().manual_seed(0)

@@ -19,6 +19,7 @@ server owns).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 
 import torch
@@ -136,14 +137,19 @@ def bases_from_vectors(
     generator: torch.Generator,
     sides: Sequence[int] | None = None,
     per_block: Sequence[torch.Tensor] | None = None,
+    learned_share: float = 1.0,
 ) -> tuple[list[torch.Tensor], list[int]]:
     """Per block, the top a_b left singular vectors of its side vectors in ``x`` ``[m, d]``
     (update-like vectors in the layout), completed at random where they span fewer.
 
     ``per_block`` replaces ``x`` with ready n_b × anything matrices (a DP sketch's
-    columns). Returns the float32 bases and, per block, how many directions came from the
-    data (the rest are random).
+    columns). ``learned_share`` caps the directions taken from the data at
+    ⌈share · a_b⌉ per block, leaving the rest to fresh random directions (exploration).
+    Returns the float32 bases and, per block, how many directions came from the data (the
+    rest are random).
     """
+    if not 0 < learned_share <= 1:
+        raise ConfigError(f"learned_share must be in (0, 1], got {learned_share!r}")
     sides = default_sides(layout) if sides is None else list(sides)
     if per_block is None:
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != layout.dim:
@@ -166,7 +172,7 @@ def bases_from_vectors(
         if a and v.numel() and float(v.abs().max()) > 0:
             u, s, _ = torch.linalg.svd(v, full_matrices=False)
             keep = int((s > RANK_TOLERANCE * s[0]).sum())
-            found = u[:, : min(keep, int(a))]
+            found = u[:, : min(keep, math.ceil(learned_share * int(a)))]
         learned.append(int(found.shape[1]))
         out.append(_orthonormal_completion(found, n, int(a), generator).float())
     return out, learned

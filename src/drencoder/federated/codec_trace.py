@@ -37,7 +37,7 @@ from drencoder.federated.proxy import proxy_updates, proxy_workload
 from drencoder.federated.rounds import derive_seed
 from drencoder.federated.server_optimizer import GlobalOptimizer
 from drencoder.federated.stage1 import draw_seed, warmup_updates
-from drencoder.federated.structured import history_vectors, latent_dims
+from drencoder.federated.structured import HISTORY_SHARE, history_vectors, latent_dims
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
 
@@ -136,7 +136,11 @@ def trace(
         kept = [*kept, agg][-c.history_rounds :]
         total = agg.clone() if total is None else total + agg
         bases, learned = bases_from_vectors(
-            history_vectors(total, kept), layout, dims, generator=_gen(config, f"codec/{t}")
+            history_vectors(total, kept),
+            layout,
+            dims,
+            generator=_gen(config, f"codec/{t}"),
+            learned_share=HISTORY_SHARE,
         )
         history = SubspaceCodec(layout=layout, bases=bases, source="history")
         row["history_learned_vectors"] = sum(learned)
