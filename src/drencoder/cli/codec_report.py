@@ -10,6 +10,9 @@ Seeds come from the same named streams as ``drencoder run`` (``lora``, ``stage1`
 ``projection``, ``data``, ``train``), so the adapter, the auto-encoder and the projection
 are the ones a run with this configuration uses, and the real updates are drawn the way
 its round-1 updates are. Prior samples for the report come from a stream of their own.
+DR-Encoder's subspace options are built as :mod:`drencoder.federated.structured` builds
+them (the sketch released from the round-1 updates, with noise from the report's own
+stream); ``--rounds`` runs :func:`drencoder.federated.codec_trace.trace`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,11 @@ for identity, random-projection and the auto-encoder at the same latent size k =
 codec.compression_ratio: the relative reconstruction error ||u - Dec(Enc(u))|| / ||u||
 and the cosine similarity (means over vectors) on the real updates and on fresh prior
 samples, bytes per upload and encode/decode seconds per vector. An error of 1 is what
-sending nothing achieves. Uses the run configuration (--config, --set, --preset).
+sending nothing achieves. DR-Encoder's structured codecs (codec.basis: random, proxy,
+sketch, energy; history starts as random) are measured too, with the energy each keeps
+(cos^2). --rounds N follows N rounds of a non-private trajectory and reports the energy
+each codec keeps of every round's real updates. Uses the run configuration (--config,
+--set, --preset).
 """
 
 
