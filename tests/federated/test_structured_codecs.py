@@ -134,3 +134,15 @@ def test_history_resume_is_bit_identical(tmp_path):
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_sigma_is_calibrated_with_each_basis_stage1_charge(tmp_path):
+    sigma = {}
+    for basis in ("random", "history", "proxy", "sketch", "energy", "autoencoder"):
+        sim = make(tmp_path, f"codec.basis={basis}", name=basis)
+        sim._plan_noise()  # calibration only: nothing is trained or released
+        sigma[basis] = sim.noise_multiplier
+    # Free options share the plain calibration; a stage-1 release leaves less budget.
+    assert sigma["random"] == sigma["history"] == sigma["proxy"]
+    assert sigma["sketch"] > sigma["random"] and sigma["energy"] > sigma["random"]
+    assert sigma["energy"] == sigma["autoencoder"]  # the same statistics release
