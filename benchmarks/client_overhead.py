@@ -8,7 +8,9 @@ noise; the client's whole extra work) of that update for every codec, in a rotat
 - ``identity``: dp-fedavg-lora (clip and noise the full update, d = 921,600);
 - ``random-projection``: dp-random-projection (seeded chunked projection to k = d/64);
 - ``mlp-autoencoder``: dr-encoder (the default chunked MLP auto-encoder for a prior sampler
-  built from the statistics of one real update, trained a few steps: timing only).
+  built from the statistics of one real update, trained a few steps: timing only);
+- ``subspace``: dr-encoder with a structured codec (``codec.basis`` other than
+  ``autoencoder``; a random basis here: every basis costs the same to apply).
 
 Reported per codec: the median over repetitions of (make_message time / local training time
 of the same repetition), by wall clock and by process CPU time (all threads; on a shared
@@ -28,10 +30,17 @@ import time
 import torch
 from common import machine, median_ratio, sig, write
 
-from drencoder.codecs import IdentityCodec, RandomProjectionCodec, train_autoencoder
+from drencoder.codecs import (
+    IdentityCodec,
+    RandomProjectionCodec,
+    SubspaceCodec,
+    train_autoencoder,
+)
+from drencoder.codecs.bases import random_bases
 from drencoder.config import load_config
 from drencoder.federated.client import local_update, make_message
 from drencoder.federated.stage1 import make_autoencoder
+from drencoder.federated.structured import latent_dims
 from drencoder.federated.workload import build_workload
 from drencoder.lora import adapter_layout, attach_lora, get_adapter_state
 from drencoder.mechanisms import GaussianMechanism
@@ -89,6 +98,10 @@ def main() -> None:
             seed=0,
         ),
         "mlp-autoencoder": autoencoder,
+        "subspace": SubspaceCodec(
+            layout=layout,
+            bases=random_bases(layout, latent_dims(layout, cfg), generator=gen),
+        ),
     }
     mechanism = GaussianMechanism(
         clip_norm=cfg.privacy.clip_norm, noise_multiplier=1.0, placement=cfg.privacy.placement

@@ -44,7 +44,13 @@ def report(tiny_folder):
 
 def test_json_schema(report, tiny_folder):
     names = [row["name"] for row in report["codecs"]]
-    assert names == ["identity", "random-projection", "autoencoder", "conv-autoencoder"]
+    assert names == [
+        "identity",
+        "random-projection",
+        "autoencoder",
+        "conv-autoencoder",
+        *(f"subspace-{b}" for b in ("random", "proxy", "sketch", "energy")),
+    ]
     d = report["input_dim"]
     assert d == 3584  # 2 layers x (q, o: 2 x 8 x 32 x 2) + (k, v: 8 x 32 + 16 x 8) x 2
     assert report["model"] == str(tiny_folder)
@@ -54,6 +60,8 @@ def test_json_schema(report, tiny_folder):
     k = rows["random-projection"]["latent_dim"]
     assert k == rows["autoencoder"]["latent_dim"] == 56  # 3584 / 64: one chunk (4096 > d)
     assert rows["conv-autoencoder"]["latent_dim"] == 64  # its 64 x 64 grid pads d to 4096
+    # Subspace codecs: whole long-side vectors of r = 8 numbers, at most k in all.
+    assert all(48 < rows[f"subspace-{b}"]["latent_dim"] <= 56 for b in ("random", "proxy"))
     for row in report["codecs"]:
         assert row["bytes"] == 4 * row["latent_dim"]
         for part in ("real", "synthetic"):
@@ -72,8 +80,10 @@ def test_same_config_same_numbers(report, tiny_folder, capsys):
     code, out, _ = run(capsys, *args(tiny_folder), "--json")
     assert code == 0
     again = json.loads(out)
-    for a, b in zip(again["codecs"], report["codecs"], strict=False):
-        assert a["name"] == b["name"]
+    first = {row["name"]: row for row in report["codecs"]}
+    assert len(again["codecs"]) == len(first) - 1  # without --other-architecture
+    for a in again["codecs"]:
+        b = first[a["name"]]
         assert a["real"] == b["real"] and a["synthetic"] == b["synthetic"]
 
 
@@ -83,6 +93,36 @@ def test_table(tiny_folder, capsys):
     for name in ("identity", "random-projection", "autoencoder", "no noise", "d = 3,584"):
         assert name in out
     assert err == ""  # --no-progress
+
+
+def test_rounds_report_energy_per_round_and_codec(tiny_folder, capsys):
+    code, out, _ = run(
+        capsys,
+        *args(tiny_folder, "codec.basis=proxy", "codec.proxy_examples=8"),
+        "--json",
+        "--rounds",
+        "3",
+        "--per-round",
+        "2",
+    )
+    assert code == 0
+    result = json.loads(out)
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    names = {"random-projection", "autoencoder", "sketch", "energy", "random", "history", "proxy"}
+    for r in rounds:
+        assert set(r["codecs"]) == names and r["clients"] == 2
+        for e in r["codecs"].values():
+            assert 0 <= e["energy_min"] <= e["energy"] <= e["energy_max"] <= 1 + 1e-9
+    # Round 1's history codec is the random one; afterwards it is built from the decoded
+    # aggregates (one per round so far) and differs.
+    assert rounds[0]["codecs"]["history"] == rounds[0]["codecs"]["random"]
+    assert rounds[1]["history_learned_vectors"] > 0
+    assert rounds[1]["codecs"]["history"] != rounds[1]["codecs"]["random"]
+    # A two-update round: their mean lies in the span of the proxy's updates only by
+    # chance, but the history's span holds the decoded previous aggregates exactly.
+    row = {r["name"]: r for r in result["codecs"]}
+    assert 0 < row["subspace-random"]["real"]["energy"]["energy"] < 1
 
 
 @pytest.mark.parametrize(
@@ -118,4 +158,9 @@ def test_embedded_default_smoke(capsys, torch_threads):
     assert code == 0
     result = json.loads(out)
     assert result["input_dim"] == 921_600
-    assert [r["name"] for r in result["codecs"]] == ["identity", "random-projection", "autoencoder"]
+    assert [r["name"] for r in result["codecs"]] == [
+        "identity",
+        "random-projection",
+        "autoencoder",
+        *(f"subspace-{b}" for b in ("random", "proxy", "sketch", "energy")),
+    ]

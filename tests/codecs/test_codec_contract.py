@@ -17,9 +17,11 @@ from drencoder.codecs import (
     IdentityCodec,
     MlpAutoencoderCodec,
     RandomProjectionCodec,
+    SubspaceCodec,
     load_codec,
     registered_codecs,
 )
+from drencoder.codecs.bases import allocate, random_bases
 from drencoder.errors import CheckpointError, ConfigError
 from drencoder.lora.layout import Layout
 from drencoder.prior import BlockStatistics, PooledStatistics, PriorSampler
@@ -49,6 +51,9 @@ def build(name: str, seed: int = 0) -> Codec:
         return IdentityCodec(input_dim=D)
     if name == "random-projection":
         return RandomProjectionCodec(input_dim=D, compression_ratio=RATIO, chunk_size=64, seed=seed)
+    if name == "subspace":
+        dims = allocate(LAYOUT, latent=round(D * RATIO))
+        return SubspaceCodec(layout=LAYOUT, bases=random_bases(LAYOUT, dims, generator=gen))
     if name == "mlp-autoencoder":
         return MlpAutoencoderCodec.for_prior(
             make_sampler(), generator=gen, compression_ratio=RATIO, chunk_size=64, hidden=32
@@ -58,11 +63,12 @@ def build(name: str, seed: int = 0) -> Codec:
     )
 
 
-NAMES = ["identity", "random-projection", "mlp-autoencoder", "conv-autoencoder"]
+NAMES = ["identity", "random-projection", "subspace", "mlp-autoencoder", "conv-autoencoder"]
 EXPECTED_LATENT = {
     "identity": D,
     "random-projection": 6 * 8,  # ceil(352 / 64) = 6 chunks of 64 -> 8 each
     "mlp-autoencoder": 6 * 8,
+    "subspace": 44,  # round(352 / 8): a_b = 3, 3, 3, 2 long-side vectors times r = 4
     "conv-autoencoder": 2 * 5 * 5,  # 20x20 grid, 2 stages -> 5x5, 16/8 = 2 channels
 }
 

@@ -54,9 +54,30 @@ def test_per_method_overrides_touch_only_that_method():
     assert clips == {"fedavg-lora": 1.0, "dp-fedavg-lora": 1.0, "dr-encoder": 0.5}
 
 
+def test_variants_add_structured_codecs_and_the_lr_scaled_strawman():
+    runs = plan_runs(
+        spec(
+            methods=("dp-random-projection",),
+            variants=("dr-encoder+history", "dp-fedavg-lora+lr-scaled"),
+            overrides=(*TINY, "server.lr=2.0"),
+        )
+    )
+    by = {r.label: r for r in runs if r.seed == 0}
+    assert set(by) == {"dp-random-projection", "dr-encoder+history", "dp-fedavg-lora+lr-scaled"}
+    history, straw = by["dr-encoder+history"], by["dp-fedavg-lora+lr-scaled"]
+    assert history.method is Method.DR_ENCODER and history.config.codec.basis.value == "history"
+    assert history.name == "dr-encoder+history_eps8_seed0"
+    # The strawman: the full update with the server learning rate times k/d = 1/64.
+    assert straw.method is Method.DP_FEDAVG_LORA
+    assert straw.config.server.lr == pytest.approx(2.0 / 64)
+    assert by["dp-random-projection"].config.server.lr == 2.0
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
+        ({"variants": ("dr-encoder+autoencoder",)}, "unknown variant"),
+        ({"variants": ("dp-fedavg-lora+fast",)}, "dp-fedavg-lora\\+lr-scaled"),
         ({"overrides": ("seed=3",)}, "seed is set by the comparison"),
         ({"overrides": ("privacy.noise_multiplier=1.0",)}, "calibrates sigma"),
         ({"method_overrides": {"dr-encodr": ("rounds=1",)}}, "unknown methods"),

@@ -10,6 +10,9 @@ Seeds come from the same named streams as ``drencoder run`` (``lora``, ``stage1`
 ``projection``, ``data``, ``train``), so the adapter, the auto-encoder and the projection
 are the ones a run with this configuration uses, and the real updates are drawn the way
 its round-1 updates are. Prior samples for the report come from a stream of their own.
+DR-Encoder's subspace options are built as :mod:`drencoder.federated.structured` builds
+them (the sketch released from the round-1 updates, with noise from the report's own
+stream); ``--rounds`` runs :func:`drencoder.federated.codec_trace.trace`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ import time
 import torch
 
 from drencoder.cli.options import add_config_arguments, config_from_arguments
-from drencoder.codecs import IdentityCodec, RandomProjectionCodec, train_autoencoder
+from drencoder.codecs import IdentityCodec, RandomProjectionCodec, SubspaceCodec, train_autoencoder
+from drencoder.codecs.bases import bases_from_vectors, random_bases
 from drencoder.codecs.report import measure_codec, prior_fit
 from drencoder.config import Architecture, RunConfig, to_dict
+from drencoder.federated import structured
+from drencoder.federated.codec_trace import energies, trace
+from drencoder.federated.proxy import proxy_updates, proxy_workload
+from drencoder.federated.runtime import training_model
 from drencoder.federated.simulator import derive_seed
 from drencoder.federated.stage1 import (
     conv_stages_for,
@@ -44,7 +52,11 @@ for identity, random-projection and the auto-encoder at the same latent size k =
 codec.compression_ratio: the relative reconstruction error ||u - Dec(Enc(u))|| / ||u||
 and the cosine similarity (means over vectors) on the real updates and on fresh prior
 samples, bytes per upload and encode/decode seconds per vector. An error of 1 is what
-sending nothing achieves. Uses the run configuration (--config, --set, --preset).
+sending nothing achieves. DR-Encoder's structured codecs (codec.basis: random, proxy,
+sketch, energy; history starts as random) are measured too, with the energy each keeps
+(cos^2). --rounds N follows N rounds of a non-private trajectory and reports the energy
+each codec keeps of every round's real updates. Uses the run configuration (--config,
+--set, --preset).
 """
 
 
@@ -68,6 +80,30 @@ def register(subparsers) -> None:
         action="store_true",
         help="also train and measure the other auto-encoder architecture (conv for mlp and "
         "vice versa) on the same prior",
+    )
+    p.add_argument(
+        "--rounds",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="also follow N rounds of a non-private trajectory and report, per round, the "
+        "energy each codec keeps of that round's real updates (docs/codecs.md)",
+    )
+    p.add_argument(
+        "--per-round",
+        metavar="M",
+        type=_positive_int,
+        default=16,
+        help="with --rounds: clients drawn per round (default 16)",
+    )
+    p.add_argument(
+        "--aggregate-noise",
+        metavar="STD",
+        type=float,
+        default=0.0,
+        help="with --rounds: std of Gaussian noise added to every latent coordinate of the "
+        "mean the history codec is refreshed from (e.g. sigma*C/n of a central-noise run; "
+        "default 0)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -116,10 +152,11 @@ def compute(args: argparse.Namespace) -> dict:
     workload = build_workload(config, tokenizer)
     layout = adapter_layout(model, sent=config.lora.sent)
     initial = get_adapter_state(model)
+    lm = training_model(model, config)  # the prefix-cached top where lora.layers allows
     setup_s = time.perf_counter() - start
 
     stage1 = run_stage1(
-        model,
+        lm,
         initial,
         workload,
         config,
@@ -128,7 +165,7 @@ def compute(args: argparse.Namespace) -> dict:
         progress=progress,
     )
     t0 = time.perf_counter()
-    real = real_updates(model, initial, workload, config, layout=layout, progress=progress)
+    real = real_updates(lm, initial, workload, config, layout=layout, progress=progress)
     real_s = time.perf_counter() - t0
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "codec-report"))
     synthetic = stage1.sampler.sample(max(args.synthetic, real.shape[0]), generator=generator)
@@ -164,16 +201,42 @@ def compute(args: argparse.Namespace) -> dict:
         ).to_dict()
         codecs.append((other.name, other))
 
+    structured_codecs = _structured_codecs(
+        lm, initial, workload, config, tokenizer, layout=layout, real=real, stage1=stage1
+    )
+    codecs += [(f"subspace-{name}", codec) for name, codec in structured_codecs.items()]
+
     rows = []
     for name, codec in codecs:
         row = measure_codec(codec, name=name, real=real, synthetic=synthetic).to_dict()
+        row["real"]["energy"] = energies(codec, real)
         if name == "random-projection":
             row["seed"] = projection_seed
         if name in trained_here:
             row["training"] = trained_here[name]
         rows.append(row)
+    per_round = None
+    if args.rounds:
+        fixed = {"autoencoder": ae}
+        fixed.update({k: v for k, v in structured_codecs.items() if k in ("sketch", "energy")})
+        per_round = trace(
+            lm,
+            initial,
+            workload,
+            config,
+            tokenizer,
+            layout=layout,
+            rounds=args.rounds,
+            per_round=args.per_round,
+            fixed=fixed,
+            aggregate_noise=args.aggregate_noise,
+            progress=progress,
+        )
     return {
         "codecs": rows,
+        "rounds": per_round,
+        "per_round_clients": args.per_round if args.rounds else None,
+        "aggregate_noise": args.aggregate_noise if args.rounds else None,
         "input_dim": d,
         "model": config.model.name,
         "updates": int(real.shape[0]),
@@ -194,6 +257,43 @@ def compute(args: argparse.Namespace) -> dict:
         "device": config.model.device,
         "config": to_dict(config),
     }
+
+
+def _structured_codecs(
+    lm, initial, workload, config: RunConfig, tokenizer, *, layout, real, stage1
+) -> dict:
+    """DR-Encoder's subspace options as a run would build them before round 1 (history is
+    then random). The sketch is released from ``real`` (every client's update from the
+    initial adapter, as in stage 1), clipped and noised with ``codec.sketch_*`` from a
+    generator of the report's own; energy allocates by the stage-1 prior's block moments."""
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, "codec/0"))
+    dims = structured.latent_dims(layout, config)
+    out = {"random": SubspaceCodec(layout=layout, bases=random_bases(layout, dims, generator=gen))}
+    proxy = proxy_workload(config, workload, tokenizer)
+    public = proxy_updates(
+        lm,
+        initial,
+        proxy,
+        config,
+        layout=layout,
+        generator=torch.Generator().manual_seed(derive_seed(config.seed, "proxy/0")),
+    )
+    bases, _ = bases_from_vectors(public, layout, dims, generator=gen)
+    out["proxy"] = SubspaceCodec(layout=layout, bases=bases, source="proxy")
+    release = structured.sketch_release(config)
+    encoder = structured.sketch_encoder(layout, config.codec.sketch_width, generator=gen)
+    noise = torch.Generator().manual_seed(derive_seed(config.seed, "codec-report/sketch"))
+    messages = [release.mechanism.privatize(encoder.encode(u), generator=noise) for u in real]
+    bases, _ = structured.sketch_bases(messages, encoder, dims, generator=gen)
+    out["sketch"] = SubspaceCodec(layout=layout, bases=bases, source="sketch")
+    mean, std = (t.double() for t in stage1.sampler.block_moments())
+    sizes = torch.tensor([b.size for b in layout.blocks], dtype=torch.float64)
+    weights = (sizes * (mean**2 + std**2)).tolist()
+    edims = structured.latent_dims(layout, config, weights=weights)
+    out["energy"] = SubspaceCodec(
+        layout=layout, bases=random_bases(layout, edims, generator=gen), source="energy"
+    )
+    return out
 
 
 def _table(result: dict) -> str:
@@ -230,6 +330,20 @@ def _table(result: dict) -> str:
             f"{fit['std_ratio']['median']:.3g}, mean offset "
             f"{fit['mean_offset']['median']:.3g} real stds"
         )
+    if result.get("rounds"):
+        names = list(result["rounds"][0]["codecs"])
+        lines += [
+            "",
+            f"  energy kept per round: mean over the round's {result['per_round_clients']} "
+            "updates of cos²(u, Dec(Enc(u))); (mean update)",
+            "  round  " + " ".join(f"{n:>22}" for n in names),
+        ]
+        for r in result["rounds"]:
+            cells = [
+                f"{r['codecs'][n]['energy']:>10.4f} ({r['codecs'][n]['mean_energy']:.4f})"
+                for n in names
+            ]
+            lines.append(f"  {r['round']:>5}  " + " ".join(f"{c:>22}" for c in cells))
     lines.append(f"  total {result['seconds']['total']:.1f} s")
     return "\n".join(lines)
 

@@ -15,6 +15,9 @@ with sigma calibrated to each target epsilon, then write a table, plots and verd
 OUT/report.md. Every run is an ordinary `drencoder run` directory under OUT/runs/; calling
 the same command again continues an interrupted comparison and recomputes nothing.
 --config/--set/--preset apply to every run; --method-set applies to one method only.
+--variants adds arms: dr-encoder with a structured codec (dr-encoder+history, +proxy,
++sketch, +energy, +random) and the strawman dp-fedavg-lora+lr-scaled (the full update with
+the server learning rate scaled by codec.compression_ratio = k/d); see docs/codecs.md.
 """
 
 
@@ -87,6 +90,13 @@ def register(subparsers) -> None:
         help="override one key for one method (repeatable), e.g. dr-encoder:privacy.clip_norm=0.5",
     )
     p.add_argument(
+        "--variants",
+        type=_names,
+        default=(),
+        help="extra arms METHOD+OPTION, comma-separated: dr-encoder+BASIS (a codec.basis) "
+        "and dp-fedavg-lora+lr-scaled",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object (out, report and the comparison's summary) instead of "
@@ -122,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         overrides=tuple(args.overrides),
         method_overrides=_method_overrides(args.method_set),
+        variants=args.variants,
     )
     result = run_comparison(spec, args.out, progress=not args.no_progress)
     if args.json:

@@ -1,4 +1,5 @@
-"""Update codecs: the ``Codec`` protocol, identity, random projection, random-prior AEs.
+"""Update codecs: the ``Codec`` protocol, identity, random projection, random-prior AEs,
+and structured subspace codecs.
 
 Every codec maps a flat update vector (``drencoder.lora.layout``) to a latent and back, and
 saves as safetensors + JSON (:func:`load_codec`). See docs/codecs.md.
@@ -21,6 +22,7 @@ from drencoder.codecs.base import (
 )
 from drencoder.codecs.identity import IdentityCodec
 from drencoder.codecs.projection import RandomProjectionCodec
+from drencoder.codecs.subspace import SubspaceCodec
 from drencoder.codecs.training import TrainReport, train_autoencoder
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "MlpAutoencoderCodec",
     "Normalization",
     "RandomProjectionCodec",
+    "SubspaceCodec",
     "TrainReport",
     "latent_dim_for",
     "load_codec",

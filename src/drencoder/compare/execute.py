@@ -183,7 +183,7 @@ def run_one(
     privacy, comm = summary["privacy"], summary["communication"]
     record = {
         "name": planned.name,
-        "method": planned.method.value,
+        "method": planned.label,
         "target_epsilon": planned.epsilon,
         "seed": planned.seed,
         "task": cfg.data.task.value,

@@ -6,6 +6,16 @@ per-method overrides. σ is calibrated per method for its own ε and its own eve
 DR-Encoder statistics release counts against its budget), so all private methods are
 compared at the same ε. ``fedavg-lora`` adds no noise: it runs once per seed and is the
 non-private reference shown beside every ε.
+
+``variants`` add arms to the grid beyond the five methods, named ``METHOD+OPTION``:
+
+- ``dr-encoder+BASIS`` (BASIS one of ``codec.basis``: random, history, proxy, sketch,
+  energy): DR-Encoder with that structured codec (docs/codecs.md);
+- ``dp-fedavg-lora+lr-scaled``: the strawman a codec must beat at the same ε: the full
+  update, clipped and noised, with the server learning rate multiplied by
+  ``codec.compression_ratio`` (k/d). An orthonormal k-dimensional codec that keeps only a
+  random share k/d of the update gives the same expected step with the same noise per
+  kept coordinate; a codec is worth its bytes only if it does better than this.
 """
 
 from __future__ import annotations
@@ -16,13 +26,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drencoder.config import Method, RunConfig, load_config
+from drencoder.config import CodecBasis, Method, RunConfig, load_config
 from drencoder.errors import ConfigError
 
 ALL_METHODS = tuple(Method)
 DEFAULT_EPSILONS = (2.0, 8.0)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_TASKS = ("mmlu",)
+STRAWMAN = "lr-scaled"
+
+
+def variant_overrides(variant: str, base: RunConfig) -> tuple[Method, list[str]]:
+    """The method and the ``--set`` overrides of a ``METHOD+OPTION`` variant."""
+    method, _, option = variant.partition("+")
+    bases = [b.value for b in CodecBasis if b is not CodecBasis.AUTOENCODER]
+    if method == Method.DR_ENCODER.value and option in bases:
+        return Method.DR_ENCODER, [f"codec.basis={option}"]
+    if method == Method.DP_FEDAVG_LORA.value and option == STRAWMAN:
+        lr = base.server.lr * base.codec.compression_ratio
+        return Method.DP_FEDAVG_LORA, [f"server.lr={lr!r}"]
+    valid = [f"dr-encoder+{b}" for b in bases] + [f"dp-fedavg-lora+{STRAWMAN}"]
+    raise ConfigError(f"unknown variant {variant!r}; variants: {', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,7 @@ class CompareSpec:
     preset: str = "default"
     overrides: tuple[str, ...] = ()
     method_overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    variants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         methods = tuple(Method(m) for m in self.methods)
@@ -66,6 +91,9 @@ class CompareSpec:
                 f"per-method overrides name unknown methods {unknown}; methods: "
                 + ", ".join(m.value for m in Method)
             )
+        object.__setattr__(self, "variants", tuple(self.variants))
+        if len(set(self.variants)) != len(self.variants):
+            raise ConfigError(f"variants must be distinct, got {self.variants}")
         for key in ("method", "target_epsilon", "seed"):
             if any(o.partition("=")[0].strip() == key for o in self.all_overrides()):
                 raise ConfigError(
@@ -100,6 +128,7 @@ class CompareSpec:
             "preset": self.preset,
             "overrides": list(self.overrides),
             "method_overrides": {k: list(v) for k, v in sorted(self.method_overrides.items())},
+            "variants": list(self.variants),
         }
 
 
@@ -111,17 +140,30 @@ class PlannedRun:
     epsilon: float | None
     seed: int
     config: RunConfig
+    variant: str | None = None
+    """``METHOD+OPTION`` for a variant arm (see the module doc), else None."""
+
+    @property
+    def label(self) -> str:
+        """The arm's name in tables: the method, or the variant."""
+        return self.variant or self.method.value
 
     @property
     def name(self) -> str:
         eps = "" if self.epsilon is None else f"_eps{self.epsilon:g}"
-        return f"{self.method.value}{eps}_seed{self.seed}"
+        return f"{self.label}{eps}_seed{self.seed}"
 
 
 def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
     """Every run of ``spec``, each config loaded and validated before anything trains."""
     runs = []
-    for method in spec.methods:
+    arms: list[tuple[Method, str | None, list[str]]] = [(m, None, []) for m in spec.methods]
+    if spec.variants:
+        base = load_config(spec.config_path, overrides=list(spec.overrides), preset=spec.preset)
+        for variant in spec.variants:
+            method, extra = variant_overrides(variant, base)
+            arms.append((method, variant, extra))
+    for method, variant, extra in arms:
         epsilons: Sequence[float | None] = (
             (None,) if method is Method.FEDAVG_LORA else spec.epsilons
         )
@@ -130,6 +172,7 @@ def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
                 overrides = [
                     *spec.overrides,
                     *spec.method_overrides.get(method.value, ()),
+                    *extra,
                     f"method={method.value}",
                     f"seed={seed}",
                 ]
@@ -141,7 +184,11 @@ def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
                         "a comparison calibrates sigma per method for each epsilon; drop "
                         "privacy.noise_multiplier from the config and --set"
                     )
-                runs.append(PlannedRun(method=method, epsilon=eps, seed=seed, config=config))
+                runs.append(
+                    PlannedRun(
+                        method=method, epsilon=eps, seed=seed, config=config, variant=variant
+                    )
+                )
     return runs
 
 

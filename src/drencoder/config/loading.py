@@ -26,7 +26,7 @@ from typing import Any
 import tomli_w
 
 from drencoder.accounting.relation import Relation, resolve_relation
-from drencoder.config.schema import PRESETS, Method, RunConfig, ServerOptimizer
+from drencoder.config.schema import PRESETS, CodecBasis, Method, RunConfig, ServerOptimizer
 from drencoder.errors import ConfigError
 from drencoder.mechanisms.options import (
     Aggregation,
@@ -291,12 +291,55 @@ def _apply_method(config: RunConfig, explicit: set[str]) -> RunConfig:
     _check_accountant(config)
     _check_server_optimizer(config, explicit)
     _check_adaptive_clipping(config, explicit)
+    _check_codec_basis(config, explicit)
     if config.sampling.scheme is Sampling.FIXED and config.sampling.per_round > config.clients:
         raise ConfigError(
             f"sampling.per_round must be <= clients ({config.clients}), "
             f"got {config.sampling.per_round}"
         )
     return config
+
+
+_BASIS_KEYS = {
+    "codec.history_rounds": (CodecBasis.HISTORY,),
+    "codec.refresh_every": (CodecBasis.HISTORY, CodecBasis.PROXY),
+    "codec.proxy_examples": (CodecBasis.PROXY,),
+    "codec.proxy_updates": (CodecBasis.PROXY,),
+    "codec.sketch_width": (CodecBasis.SKETCH,),
+    "codec.sketch_clip_norm": (CodecBasis.SKETCH,),
+    "codec.sketch_noise_multiplier": (CodecBasis.SKETCH,),
+}
+
+
+def _check_codec_basis(config: RunConfig, explicit: set[str]) -> None:
+    """codec.basis is an option of dr-encoder; each basis's keys need that basis."""
+    basis = config.codec.basis
+    if basis is not CodecBasis.AUTOENCODER and config.method is not Method.DR_ENCODER:
+        raise ConfigError(
+            f"codec.basis = {basis.value!r} is a codec option of method 'dr-encoder', got "
+            f"method {config.method.value!r} (whose codec is fixed); use method = "
+            "'dr-encoder' or drop codec.basis"
+        )
+    defaults = RunConfig().codec
+    for key, bases in _BASIS_KEYS.items():
+        name = key.split(".")[1]
+        changed = getattr(config.codec, name) != getattr(defaults, name)
+        # A default value is accepted anywhere: a resolved config.toml lists every key.
+        if key in explicit and changed and basis not in bases:
+            raise ConfigError(
+                f"{key} applies to codec.basis = {' or '.join(b.value for b in bases)}, got "
+                f"codec.basis = {basis.value!r}; drop {key} or change codec.basis"
+            )
+    if basis is CodecBasis.SKETCH and config.codec.sketch_width > config.lora.rank:
+        raise ConfigError(
+            f"codec.sketch_width must be <= lora.rank ({config.lora.rank}): it sketches the "
+            f"rank side of each LoRA matrix, got sketch_width = {config.codec.sketch_width}"
+        )
+    if basis is not CodecBasis.AUTOENCODER and config.privacy.unit is PrivacyUnit.RECORD:
+        raise ConfigError(
+            f"codec.basis = {basis.value!r} is not wired for privacy.unit = record yet; use "
+            "privacy.unit = client or codec.basis = autoencoder"
+        )
 
 
 _OPTIMIZER_KEYS = {

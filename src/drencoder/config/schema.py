@@ -47,6 +47,22 @@ class Architecture(ConfigEnum):
     CONV = "conv"
 
 
+class CodecBasis(ConfigEnum):
+    """Where DR-Encoder's uplink codec comes from (docs/codecs.md, "Structured codecs").
+
+    ``autoencoder`` is the paper's method: an auto-encoder trained on samples of the
+    stage-1 random prior. The others are linear subspace codecs (orthonormal encoder,
+    transposed decoder) whose basis comes from privacy-free or accounted information.
+    """
+
+    AUTOENCODER = "autoencoder"
+    RANDOM = "random"
+    HISTORY = "history"
+    PROXY = "proxy"
+    SKETCH = "sketch"
+    ENERGY = "energy"
+
+
 def _help(text: str, **checks: Any) -> dict[str, Any]:
     return {"help": text, **checks}
 
@@ -308,6 +324,53 @@ class CodecConfig:
     )
     lr: float = field(
         default=AE_DEFAULT_LR, metadata=_help("Auto-encoder Adam learning rate.", gt=0)
+    )
+    basis: CodecBasis = field(
+        default=CodecBasis.AUTOENCODER,
+        metadata=_help(
+            "dr-encoder's codec: autoencoder (the paper's random-prior auto-encoder), or a "
+            "subspace codec per LoRA matrix: random, history (top directions of earlier "
+            "decoded DP aggregates; free), proxy (the server's updates on public examples; "
+            "free), sketch (a DP low-rank sketch released in stage 1; charged), energy "
+            "(latent split by the DP stage-1 statistics' block energies; charged). See "
+            "docs/codecs.md."
+        ),
+    )
+    history_rounds: int = field(
+        default=4,
+        metadata=_help("history: decoded aggregates of this many latest rounds span it.", ge=1),
+    )
+    refresh_every: int = field(
+        default=1,
+        metadata=_help("history and proxy: rebuild the subspace every N rounds.", ge=1),
+    )
+    proxy_examples: int = field(
+        default=64,
+        metadata=_help(
+            "proxy: public examples the server holds (held-out items of the task that no "
+            "client holds and that are not scored).",
+            ge=1,
+        ),
+    )
+    proxy_updates: int = field(
+        default=8,
+        metadata=_help(
+            "proxy: updates the server computes per refresh (local.steps steps each, from "
+            "the current global adapter).",
+            ge=1,
+        ),
+    )
+    sketch_width: int = field(
+        default=2,
+        metadata=_help(
+            "sketch: columns s per LoRA matrix (the short side r is sketched down to s).", ge=1
+        ),
+    )
+    sketch_clip_norm: float = field(
+        default=1.0, metadata=_help("sketch: L2 clip norm of a client's whole sketch.", gt=0)
+    )
+    sketch_noise_multiplier: float = field(
+        default=5.0, metadata=_help("sketch: noise multiplier of the sketch release.", gt=0)
     )
 
 

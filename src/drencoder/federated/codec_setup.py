@@ -1,10 +1,17 @@
-"""The uplink codec of a run, built once at its start (docs/design.md §2, §5).
+"""The uplink codec of a run, built at its start and, for some options, refreshed after
+rounds (docs/design.md §2, §5; docs/codecs.md).
 
-Identity and random projection need nothing from the clients. DR-Encoder runs stage 1
-across the wire: the server draws the clients' seeds (:func:`stage1_tasks`), the client
-pool returns each client's released statistics, the server pools the ones that arrived and
-trains the auto-encoder (:func:`train_codec`), charges the release and writes the
-``stage1`` metrics row.
+Identity and random projection need nothing from the clients. DR-Encoder's codec is chosen
+by ``codec.basis``:
+
+- ``autoencoder`` (the paper's method) runs stage 1 across the wire: the server draws the
+  clients' seeds (:func:`stage1_tasks`), the client pool returns each client's released
+  statistics, the server pools the ones that arrived and trains the auto-encoder
+  (:func:`train_codec`), charges the release and writes the ``stage1`` metrics row;
+- ``random``, ``history``, ``proxy``, ``sketch``, ``energy``: a
+  :class:`~drencoder.codecs.SubspaceCodec` built by :mod:`drencoder.federated.structured`
+  (``energy`` uses the same stage-1 statistics release, ``sketch`` a release of its own;
+  both charged here, before any client is asked).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec
-from drencoder.config import RunConfig
+from drencoder.config import CodecBasis, RunConfig
 from drencoder.errors import ClientDropoutWarning
 from drencoder.federated import budget, rundir
 from drencoder.federated.methods import CodecKind
@@ -27,7 +34,7 @@ _UNRELEASED = ("statistics_norms", "clipped_clients")
 
 
 def build_codec(server: FederatedServer) -> Codec:
-    """The run's codec: identity, seeded projection, or stage 1's auto-encoder."""
+    """The run's codec: identity, seeded projection, stage 1's auto-encoder or a subspace."""
     from drencoder.federated.rounds import derive_seed
 
     c = server.config.codec
@@ -40,11 +47,18 @@ def build_codec(server: FederatedServer) -> Codec:
             chunk_size=c.chunk_size,
             seed=derive_seed(server.config.seed, "projection"),
         )
+    if c.basis is not CodecBasis.AUTOENCODER:
+        from drencoder.federated.structured import build_structured
+
+        return build_structured(server)
     return _stage1(server)
 
 
-def _stage1(server: FederatedServer) -> Codec:
-    """DR-Encoder stage 1: the clients' releases, then the auto-encoder (server)."""
+def release_statistics(server: FederatedServer) -> tuple[list, list, dict]:
+    """Stage 1's statistics release: charge it, ask every client, keep what arrived.
+
+    Returns the released statistics and unreleased norms (simulation only; None entries
+    otherwise) of the clients that replied, in client order, and the failures."""
     tasks = stage1_tasks(server.config.clients, generator=server.generators["stage1"])
     if server.spec.private:  # written ahead: charged before any client is asked
         server.charge(
@@ -65,9 +79,14 @@ def _stage1(server: FederatedServer) -> Codec:
             stacklevel=2,
         )
     order = sorted(received)
-    norms = [received[c][1] for c in order]
+    return [received[c][0] for c in order], [received[c][1] for c in order], failed
+
+
+def _stage1(server: FederatedServer) -> Codec:
+    """DR-Encoder stage 1: the clients' releases, then the auto-encoder (server)."""
+    released, norms, failed = release_statistics(server)
     result = train_codec(
-        [received[c][0] for c in order],
+        released,
         server.config,
         generator=server.generators["stage1"],
         device=server.config.model.device,
@@ -83,8 +102,8 @@ def _stage1(server: FederatedServer) -> Codec:
     row = {
         "kind": "stage1",
         "round": 0,
-        "bytes_up": len(received) * _stats_bytes(server.layout, server.config),
-        "bytes_down": len(received) * encoder_bytes,
+        "bytes_up": len(released) * stats_bytes(server.layout, server.config),
+        "bytes_down": len(released) * encoder_bytes,
         "failed": {str(c): r for c, r in failed.items()},
         **{k: v for k, v in result.report.items() if k not in _UNRELEASED},
     }
@@ -96,6 +115,6 @@ def _stage1(server: FederatedServer) -> Codec:
     return result.codec
 
 
-def _stats_bytes(layout, config: RunConfig) -> int:
+def stats_bytes(layout, config: RunConfig) -> int:
     """Bytes one client uploads in stage 1: a mean and a std per block per epoch."""
     return 2 * len(layout.blocks) * config.stage1.epochs * 4

@@ -62,7 +62,7 @@ from drencoder.errors import (
     PrivacyWarning,
 )
 from drencoder.evaluation import eval_record, score_multiple_choice
-from drencoder.federated import adaptive_clipping, budget, rundir
+from drencoder.federated import adaptive_clipping, budget, rundir, structured
 from drencoder.federated.charges import absorb_pending, charge_ahead, clear_pending
 from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.codec_setup import build_codec
@@ -145,6 +145,10 @@ class FederatedServer:
             warnings.warn(self.relation_warning, PrivacyWarning, stacklevel=2)
         self.ledger = accounting.PrivacyLedger(delta=config.delta, relation=self.relation)
         self.codec: Codec | None = None
+        self.codec_dir = "codec"
+        """Where under ``checkpoints/`` the current codec is saved (a refreshed subspace
+        codec has its own ``codec-NNNN``; :mod:`drencoder.federated.structured`)."""
+        self.codec_history: list = []
         self.noise_multiplier: float | None = None
         """The round's noise multiplier as accounted (with adaptive clipping, the effective
         z of update and count release together)."""
@@ -172,9 +176,7 @@ class FederatedServer:
             return
         sigma = self.config.privacy.noise_multiplier
         if sigma is None:
-            stats_event = (
-                budget.statistics_event(self.release, self.relation) if self.spec.stage1 else None
-            )
+            stats_event = structured.stage1_event(self)
             sigma = budget.calibrate_noise(self.config, stats_event, examples=self.example_counts)
             self.sigma_source = (
                 f"calibrated for epsilon <= {self.config.target_epsilon:g} under "
@@ -354,6 +356,7 @@ class FederatedServer:
                     "stop_reason": self.stop_reason,
                     "clip_norm": self.clip_norm,
                     "server_optimizer": self.optimizer.state_scalars(),
+                    "codec_dir": self.codec_dir,
                 },
                 optimizer_state=self.optimizer.state_tensors(),
             ),
@@ -363,7 +366,7 @@ class FederatedServer:
     def _restore(self, ckpt: Checkpoint) -> None:
         # Read and check everything first, write last: a damaged run directory raises
         # CheckpointError with its files untouched.
-        codec = load_codec(self.run_dir / "checkpoints" / "codec")
+        codec = structured.restore(self, ckpt.extra.get("codec_dir", "codec"))
         rows = rundir.read_metrics(self.metrics_path, ckpt.metrics_rows)
         if ckpt.ledger.relation is not self.relation:
             raise CheckpointError(
@@ -632,6 +635,7 @@ class FederatedServer:
         released = self.release_round(plan, [r.message for r in results])
         decoded = decode_release(released, codec=self.codec, aggregation=cfg.privacy.aggregation)
         self.global_state = self.optimizer.apply(self.global_state, self.layout.unflatten(decoded))
+        refreshed = structured.refresh(self, decoded, t)  # history/proxy codecs; else None
         clip_norm = self.clip_norm  # the round's C, what its messages were clipped at
         fraction = None
         if self.count_noise is not None:
@@ -665,6 +669,8 @@ class FederatedServer:
             "bytes_down": len(plan.sampled) * self.layout.dim * 4,
             "seconds": time.perf_counter() - started if started is not None else 0.0,
         }
+        if refreshed:
+            row["codec"] = refreshed
         if plan.exhausted:
             row["exhausted"] = list(plan.exhausted)
         declared = {
