@@ -82,3 +82,28 @@ def resume_tiny_simulator(run_dir):
     return Simulator.resume(
         run_dir, model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()), progress=False
     )
+
+
+TINY_REVIEWS = (
+    ("Great book, loved it", 1),
+    ("Awful.", 0),
+    ("Fine room but noisy at night and the staff were slow", 0),
+    ("Nice", 1),
+    ("The delivery was quick and the phone works well", 1),
+)
+
+
+def tiny_sentiment_items(uid_prefix: str, subject: str = "sentiment"):
+    """Five short English reviews as two-way multiple-choice items (negative, positive)."""
+    from drencoder.data.items import MCItem
+
+    return [
+        MCItem(
+            uid=f"{uid_prefix}{i}",
+            question=q,
+            choices=("negative", "positive"),
+            answer=a,
+            subject=subject,
+        )
+        for i, (q, a) in enumerate(TINY_REVIEWS)
+    ]

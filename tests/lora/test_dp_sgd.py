@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drencoder.data import SENTIMENT_FORMAT, MCItem, build_examples, collate
+from drencoder.data import SENTIMENT_FORMAT, build_examples, collate
 from drencoder.errors import ConfigError
 from drencoder.lora import (
     LoraSettings,
@@ -21,20 +21,9 @@ from drencoder.lora.per_example import per_example_gradients
 from drencoder.lora.prefix import PrefixCachedLM, StateStore
 from drencoder.lora.training import _prepare, batch_loss
 from drencoder.mechanisms import noise_generator
-from helpers import make_tiny_llama, make_tiny_tokenizer
+from helpers import make_tiny_llama, make_tiny_tokenizer, tiny_sentiment_items
 
-ITEMS = [
-    MCItem(uid=f"r{i}", question=q, choices=("negative", "positive"), answer=a, subject="s")
-    for i, (q, a) in enumerate(
-        [
-            ("Great book, loved it", 1),
-            ("Awful.", 0),
-            ("Fine room but noisy at night and the staff were slow", 0),
-            ("Nice", 1),
-            ("The delivery was quick and the phone works well", 1),
-        ]
-    )
-]
+ITEMS = tiny_sentiment_items("r", "s")
 
 
 def model_with_random_adapter(*, layers="all", train_a=True, seed=0):

@@ -5,27 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drencoder.data import SENTIMENT_FORMAT, MCItem, build_examples, collate
+from drencoder.data import SENTIMENT_FORMAT, build_examples, collate
 from drencoder.errors import ConfigError
 from drencoder.evaluation import score_multiple_choice
 from drencoder.lora import LoraSettings, attach_lora
 from drencoder.lora.adapter import adapted_layers
 from drencoder.lora.prefix import PrefixCachedLM, StateStore, fingerprint, prefix_cached
 from drencoder.lora.training import batch_loss
-from helpers import make_tiny_llama, make_tiny_tokenizer
+from helpers import make_tiny_llama, make_tiny_tokenizer, tiny_sentiment_items
 
-ITEMS = [
-    MCItem(uid=f"t{i}", question=q, choices=("negative", "positive"), answer=a, subject="sentiment")
-    for i, (q, a) in enumerate(
-        [
-            ("Great book, loved it", 1),
-            ("Awful.", 0),
-            ("Fine room but noisy at night and the staff were slow", 0),
-            ("Nice", 1),
-            ("The delivery was quick and the phone works well", 1),
-        ]
-    )
-]
+ITEMS = tiny_sentiment_items("t", "sentiment")
 
 
 def make_tiny_gemma3(seed: int = 0):
