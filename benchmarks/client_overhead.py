@@ -38,9 +38,9 @@ from drencoder.codecs import (
 )
 from drencoder.codecs.bases import random_bases
 from drencoder.config import load_config
-from drencoder.federated.client import local_update, make_message
-from drencoder.federated.stage1 import make_autoencoder
-from drencoder.federated.structured import latent_dims
+from drencoder.federated.client.update import local_update, make_message
+from drencoder.federated.server.stage1 import make_autoencoder
+from drencoder.federated.server.structured import latent_dims
 from drencoder.federated.workload import build_workload
 from drencoder.lora import adapter_layout, attach_lora, get_adapter_state
 from drencoder.mechanisms import GaussianMechanism

@@ -100,7 +100,7 @@ def matmul_params(model) -> int:
 
 def bench(name: str, args) -> dict:
     from drencoder.codecs import MlpAutoencoderCodec
-    from drencoder.federated.client import make_message
+    from drencoder.federated.client.update import make_message
     from drencoder.lora import (
         LoraSettings,
         TrainSettings,

@@ -26,7 +26,7 @@ from common import machine, median_ratio, sig, write
 
 from drencoder.config import load_config
 from drencoder.evaluation import score_multiple_choice
-from drencoder.federated.client import local_update
+from drencoder.federated.client.update import local_update
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
     PrefixCachedLM,

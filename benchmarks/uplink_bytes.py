@@ -28,8 +28,8 @@ from common import machine, write
 
 from drencoder.codecs import IdentityCodec, RandomProjectionCodec
 from drencoder.config import Method, load_config
-from drencoder.federated.methods import CodecKind, spec_for
-from drencoder.federated.stage1 import make_autoencoder
+from drencoder.config.methods import CodecKind, spec_for
+from drencoder.federated.server.stage1 import make_autoencoder
 from drencoder.lora import adapter_layout, attach_lora
 from drencoder.models import load_model
 from drencoder.prior import BlockStatistics, PooledStatistics, PriorSampler

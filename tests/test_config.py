@@ -82,7 +82,7 @@ def test_file_errors(tmp_path):
 
 def test_cross_device_presets_set_up_the_regime_in_which_dp_learns():
     from drencoder.accounting import Relation
-    from drencoder.federated import budget
+    from drencoder.federated.server import budget
 
     full, demo = load_config(preset="cross-device"), load_config(preset="demo")
     for c in (full, demo):

@@ -18,7 +18,7 @@ import torch
 from drencoder.audit import AuditSimulator, draw_coins, run_audit
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
-from drencoder.federated import server as server_mod
+from drencoder.federated.server import aggregation as server_mod
 from drencoder.mechanisms import Aggregation, GaussianMechanism
 from helpers import make_tiny_llama, make_tiny_tokenizer, tiny_simulator
 
@@ -117,7 +117,7 @@ def test_a_missed_clip_is_caught(tmp_path, monkeypatch):
         "drencoder.audit.canaries.CanarySet.direction",
         lambda self, j: 10 * self._draw(j),
     )
-    monkeypatch.setattr("drencoder.federated.orchestration.accept_messages", _accept_all)
+    monkeypatch.setattr("drencoder.federated.server.orchestration.accept_messages", _accept_all)
     e = audit(tmp_path, "method=dp-fedavg-lora", "target_epsilon=1", *SEEDED)
     assert e.epsilon_lower_bound > e.epsilon_theory
 

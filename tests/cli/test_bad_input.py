@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from drencoder.cli.main import main
-from drencoder.federated import runtime as runtime_mod
+from drencoder.federated.client import runtime as runtime_mod
 from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
@@ -313,7 +313,7 @@ def test_unwritable_out_directory_is_refused_before_loading(
 
 
 def test_full_disk_is_refused_before_training(tmp_path, tiny_folder, capsys, monkeypatch):
-    from drencoder.federated import rundir
+    from drencoder.federated.server import rundir
 
     real = shutil.disk_usage
 
@@ -332,7 +332,7 @@ def test_full_disk_is_refused_before_training(tmp_path, tiny_folder, capsys, mon
 
 
 def test_full_disk_is_refused_on_resume(tmp_path, finished_run, capsys, monkeypatch):
-    from drencoder.federated import rundir
+    from drencoder.federated.server import rundir
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -348,7 +348,7 @@ def test_full_disk_is_refused_on_resume(tmp_path, finished_run, capsys, monkeypa
 
 def test_a_multi_line_error_message_is_printed_on_one_line(tmp_path, capsys, monkeypatch):
     from drencoder.errors import AssetError
-    from drencoder.federated import rundir
+    from drencoder.federated.server import rundir
 
     def missing(*args, **kwargs):
         raise AssetError("model needs a package. Install it with:\n    pip install --no-deps x")

@@ -13,9 +13,9 @@ from drencoder.codecs import IdentityCodec
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
 from drencoder.federated import adaptive_clipping as ac
-from drencoder.federated import budget
-from drencoder.federated import runtime as runtime_mod
-from drencoder.federated.client import make_reply
+from drencoder.federated.client import runtime as runtime_mod
+from drencoder.federated.client.update import make_reply
+from drencoder.federated.server import budget
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
 from helpers import tiny_simulator
 

@@ -11,18 +11,18 @@ import pytest
 
 from drencoder.accounting import PrivacyLedger, Relation, epsilon
 from drencoder.errors import CheckpointError, ConfigError, DrencoderError
-from drencoder.federated.descriptions import (
-    ReleaseMechanism,
-    RoundMechanism,
-    release_event,
-    round_event,
-)
-from drencoder.federated.policy import (
+from drencoder.federated.client.policy import (
     POLICY_KEYS,
     ClientPolicy,
     NodeLedger,
     PolicyRefusal,
     node_ledger_path,
+)
+from drencoder.federated.descriptions import (
+    ReleaseMechanism,
+    RoundMechanism,
+    release_event,
+    round_event,
 )
 from drencoder.prior import StatisticsRelease
 

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from drencoder.federated.summary import utility
+from drencoder.federated.server.summary import utility
 from drencoder.lora import PrefixCachedLM
 from helpers import tiny_simulator
 

@@ -21,10 +21,10 @@ from dp_accounting.pld import pld_privacy_accountant
 from safetensors.torch import load_file
 
 from drencoder.config import load_config
-from drencoder.federated import runtime as runtime_mod
-from drencoder.federated.charges import read_pending
-from drencoder.federated.checkpoint import load_checkpoint
-from drencoder.federated.rounds import DP_STREAMS, derive_seed
+from drencoder.federated.client import runtime as runtime_mod
+from drencoder.federated.seeds import DP_STREAMS, derive_seed
+from drencoder.federated.server.charges import read_pending
+from drencoder.federated.server.checkpoint import load_checkpoint
 from helpers import resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")

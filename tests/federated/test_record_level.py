@@ -11,8 +11,8 @@ import torch
 
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
-from drencoder.federated import budget
 from drencoder.federated.record import RecordDpSgd, planned_event, round_charges
+from drencoder.federated.server import budget
 from helpers import tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from drencoder.errors import CheckpointError, ConfigError, StorageError
-from drencoder.federated import rundir
+from drencoder.federated.server import rundir
 
 
 def test_prepare_creates_and_leaves_no_probe(tmp_path):

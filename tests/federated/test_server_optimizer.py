@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from drencoder.config import ServerConfig
 from drencoder.errors import CheckpointError, ConfigError
-from drencoder.federated import orchestration as orch_mod
-from drencoder.federated.server_optimizer import GlobalOptimizer
+from drencoder.federated.server import orchestration as orch_mod
+from drencoder.federated.server.optimizer import GlobalOptimizer
 from drencoder.lora import apply_delta
 from helpers import resume_tiny_simulator, tiny_simulator
 

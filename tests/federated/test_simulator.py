@@ -9,8 +9,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from drencoder.federated import rounds as rounds_mod
-from drencoder.federated import runtime as runtime_mod
+from drencoder.federated import seeds
+from drencoder.federated.client import runtime as runtime_mod
 from helpers import make_tiny_llama, resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
@@ -229,7 +229,7 @@ def test_options_run_end_to_end(tmp_path, options):
 
 
 def test_dp_streams_come_from_os_entropy_unless_reproducible_and_resume_continues(tmp_path):
-    from drencoder.federated.checkpoint import load_checkpoint
+    from drencoder.federated.server.checkpoint import load_checkpoint
 
     def states(name, *extra):
         sim = make(tmp_path, "method=dp-fedavg-lora", "rounds=1", *extra, name=name)
@@ -240,9 +240,9 @@ def test_dp_streams_come_from_os_entropy_unless_reproducible_and_resume_continue
     _, repro_a = states("repro-a", "privacy.reproducible_noise=true")
     _, repro_b = states("repro-b", "privacy.reproducible_noise=true")
     assert all(torch.equal(repro_a[k], repro_b[k]) for k in repro_a)  # reproducible
-    for name in rounds_mod.GENERATORS:
+    for name in seeds.GENERATORS:
         same = torch.equal(default_a[name], default_b[name])
-        assert same == (name not in rounds_mod.DP_STREAMS), name
+        assert same == (name not in seeds.DP_STREAMS), name
         assert same == torch.equal(default_a[name], repro_a[name]), name
     default.run()
     resumed = resume_tiny_simulator(default.run_dir)

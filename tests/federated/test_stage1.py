@@ -12,13 +12,10 @@ import torch
 from drencoder.codecs import ConvAutoencoderCodec, MlpAutoencoderCodec
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
-from drencoder.federated import stage1 as stage1_mod
-from drencoder.federated.stage1 import (
-    collect_client_statistics,
-    conv_stages_for,
-    run_stage1,
-    warmup_updates,
-)
+from drencoder.federated.client.stage1 import collect_client_statistics
+from drencoder.federated.server import stage1 as stage1_mod
+from drencoder.federated.server.stage1 import conv_stages_for
+from drencoder.federated.simulator import run_stage1
 from drencoder.federated.workload import build_workload
 from drencoder.lora import (
     adapter_layout,
@@ -27,6 +24,7 @@ from drencoder.lora import (
     get_adapter_state,
     set_adapter_state,
     train_local,
+    warmup_updates,
 )
 from drencoder.prior import PriorSampler
 from helpers import make_tiny_llama, make_tiny_tokenizer

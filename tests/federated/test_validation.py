@@ -11,10 +11,9 @@ from safetensors.torch import load_file
 
 from drencoder.codecs import IdentityCodec, RandomProjectionCodec
 from drencoder.config import load_config
-from drencoder.federated import orchestration as orch_mod
-from drencoder.federated import runtime as runtime_mod
-from drencoder.federated.simulator import Simulator
-from drencoder.federated.validation import (
+from drencoder.federated.client import runtime as runtime_mod
+from drencoder.federated.server import orchestration as orch_mod
+from drencoder.federated.server.validation import (
     TAIL_T,
     PayloadRejected,
     accept_messages,
@@ -22,6 +21,7 @@ from drencoder.federated.validation import (
     message_limits,
     norm_bound,
 )
+from drencoder.federated.simulator import Simulator
 from drencoder.mechanisms import GaussianMechanism
 from helpers import make_tiny_llama, make_tiny_tokenizer
 

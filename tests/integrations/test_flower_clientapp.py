@@ -23,12 +23,12 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from drencoder.accounting import PrivacyLedger
 from drencoder.codecs import IdentityCodec
 from drencoder.config import load_config
+from drencoder.config.methods import spec_for
 from drencoder.errors import ClientDropoutWarning
+from drencoder.federated.client.runtime import ClientRuntime
 from drencoder.federated.descriptions import ReleaseMechanism, RoundMechanism
-from drencoder.federated.methods import spec_for
-from drencoder.federated.orchestration import FederatedServer
-from drencoder.federated.rounds import derive_seed
-from drencoder.federated.runtime import ClientRuntime
+from drencoder.federated.seeds import derive_seed
+from drencoder.federated.server.orchestration import FederatedServer
 from drencoder.federated.workload import build_workload
 from drencoder.integrations.flower import (
     CLIENT_ERROR_CODE,
@@ -320,7 +320,7 @@ def test_a_training_failure_is_answered_with_the_privatised_zero_update(
     node, monkeypatch, caplog, failure
 ):
     """Whether training failed can depend on the data: the node must not say so."""
-    from drencoder.federated import runtime as runtime_mod
+    from drencoder.federated.client import runtime as runtime_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("loss diverged on record 17")
@@ -340,7 +340,7 @@ def test_a_training_failure_is_answered_with_the_privatised_zero_update(
 
 
 def test_a_failing_warm_up_releases_noised_zero_statistics(node, monkeypatch, caplog):
-    from drencoder.federated import runtime as runtime_mod
+    from drencoder.federated.client import runtime as runtime_mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("warm-up diverged on record 17")

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, RecordDict
 from drencoder.config import load_config
 from drencoder.errors import ClientDropoutWarning, ConfigError
 from drencoder.federated.descriptions import RoundMechanism
-from drencoder.federated.orchestration import FederatedServer
+from drencoder.federated.server.orchestration import FederatedServer
 from drencoder.integrations.flower import (
     CLIENT_ERROR_CODE,
     REFUSED_CODE,

@@ -16,12 +16,12 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from drencoder.accounting import PrivacyLedger
 from drencoder.codecs import IdentityCodec
 from drencoder.config import load_config
+from drencoder.config.methods import spec_for
 from drencoder.errors import ConfigError
+from drencoder.federated.client.runtime import ClientRuntime
 from drencoder.federated.descriptions import RoundMechanism, round_event
-from drencoder.federated.methods import spec_for
 from drencoder.federated.record import RecordDpSgd
-from drencoder.federated.rounds import derive_seed
-from drencoder.federated.runtime import ClientRuntime
+from drencoder.federated.seeds import derive_seed
 from drencoder.federated.workload import build_workload
 from drencoder.integrations.flower import REFUSED_CODE, codec_content, from_record, to_record
 from drencoder.integrations.flower import client as flower

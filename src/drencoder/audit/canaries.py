@@ -6,7 +6,7 @@ unit vector u_j of the space the mechanism clips (the latent for ``clip_point = 
 the LoRA update for the identity codec), drawn from a seed the auditor knows. Each canary
 flips a fair coin S_j that no party sees. When it takes part in a round it skips training
 and enters the clip → noise → aggregate path of a real client
-(:func:`~drencoder.federated.client.privatize`) with the vector
+(:func:`~drencoder.federated.client.update.privatize`) with the vector
 
 - ``+C·u_j`` if S_j = in, and ``−C·u_j`` if S_j = out, under the **replace-one** relation
   (two data sets of one client, ``2C`` apart: the sensitivity the accountant charges);

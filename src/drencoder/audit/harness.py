@@ -45,14 +45,20 @@ from drencoder import accounting
 from drencoder.accounting.audit import audit_scores
 from drencoder.audit.canaries import CanaryScores, CanarySet, draw_coins
 from drencoder.config import RunConfig
+from drencoder.config.methods import CodecKind
 from drencoder.errors import ConfigError
-from drencoder.federated.client import privatize
-from drencoder.federated.methods import CodecKind
-from drencoder.federated.rounds import RoundPlan, StatisticsReply, derive_seed
-from drencoder.federated.runtime import ClientResult, ClientTask
-from drencoder.federated.sampling import sample_clients
+from drencoder.federated.client.update import privatize
+from drencoder.federated.protocol import (
+    ClientResult,
+    ClientTask,
+    RoundPlan,
+    Stage1Task,
+    StatisticsReply,
+    release_for,
+)
+from drencoder.federated.seeds import derive_seed
+from drencoder.federated.server.sampling import sample_clients
 from drencoder.federated.simulator import InProcessClients, Simulator
-from drencoder.federated.stage1 import Stage1Task, release_for
 from drencoder.mechanisms import ClipPoint, GaussianMechanism, NoisePlacement, Sampling
 from drencoder.prior import ClientStatistics
 
@@ -83,7 +89,7 @@ def party(config: RunConfig, *, seed_known: bool) -> tuple[str, str]:
 
 def check_auditable(config: RunConfig) -> None:
     """Refuse the configurations whose canaries would not live in the sent space."""
-    from drencoder.federated.methods import spec_for
+    from drencoder.config.methods import spec_for
 
     spec = spec_for(config.method)
     if (
@@ -380,7 +386,7 @@ def run_audit(
         del replay
     result = audit_scores(scores, coins, delta=config.delta, confidence=confidence)
     name, sees = party(config, seed_known=seed_known)
-    eps_run = sim._epsilons()
+    eps_run = sim.epsilons()
     entry = AuditEntry(
         method=config.method.value,
         placement=config.privacy.placement.value,

@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from drencoder.cli import options
 from drencoder.cli.options import add_config_arguments
+from drencoder.config import Method
 
 DESCRIPTION = """\
 Run the federation with canary clients and report, for each method, an empirical lower
@@ -26,31 +28,7 @@ epsilon does not show that a run is more private than accounted: the attack may 
 Each run goes under OUT/<method>-<placement>/; OUT/audit.json holds every entry.
 """
 
-ALL_METHODS = ("fedavg-lora", "dp-fedavg-lora", "ffa-lora-dp", "dp-random-projection", "dr-encoder")
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {value}")
-    return value
-
-
-def _confidence(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {value}")
-    return value
+ALL_METHODS = tuple(m.value for m in Method)
 
 
 def register(subparsers) -> None:
@@ -66,27 +44,27 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="new audit directory")
     p.add_argument(
         "--methods",
-        type=_names,
+        type=options.names,
         default=ALL_METHODS,
         help="comma-separated methods (default: all five)",
     )
     p.add_argument(
         "--placements",
-        type=_names,
+        type=options.names,
         default=None,
         help="comma-separated noise placements to audit, local and/or central (default: "
         "the config's privacy.placement)",
     )
     p.add_argument(
         "--canaries",
-        type=_count,
+        type=options.number(lo=2, integer=True),
         default=DEFAULT_CANARIES,
         metavar="M",
         help="canary clients per run (default: %(default)s)",
     )
     p.add_argument(
         "--confidence",
-        type=_confidence,
+        type=options.number(lo=0, hi=1, lo_open=True),
         default=DEFAULT_CONFIDENCE,
         help="confidence of the lower bound (default: %(default)s)",
     )

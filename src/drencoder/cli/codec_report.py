@@ -10,7 +10,7 @@ Seeds come from the same named streams as ``drencoder run`` (``lora``, ``stage1`
 ``projection``, ``data``, ``train``), so the adapter, the auto-encoder and the projection
 are the ones a run with this configuration uses, and the real updates are drawn the way
 its round-1 updates are. Prior samples for the report come from a stream of their own.
-DR-Encoder's subspace options are built as :mod:`drencoder.federated.structured` builds
+DR-Encoder's subspace options are built as :mod:`drencoder.federated.server.structured` builds
 them (the sketch released from the round-1 updates, with noise from the report's own
 stream); ``--rounds`` runs :func:`drencoder.federated.codec_trace.trace`.
 """
@@ -23,25 +23,20 @@ import time
 
 import torch
 
+from drencoder.cli import options
 from drencoder.cli.options import add_config_arguments, config_from_arguments
 from drencoder.codecs import IdentityCodec, RandomProjectionCodec, SubspaceCodec, train_autoencoder
 from drencoder.codecs.bases import bases_from_vectors, random_bases
 from drencoder.codecs.report import measure_codec, prior_fit
 from drencoder.config import Architecture, RunConfig, to_dict
-from drencoder.federated import structured
 from drencoder.federated.codec_trace import energies, trace
-from drencoder.federated.proxy import proxy_updates, proxy_workload
-from drencoder.federated.runtime import training_model
-from drencoder.federated.simulator import derive_seed
-from drencoder.federated.stage1 import (
-    conv_stages_for,
-    draw_seed,
-    make_autoencoder,
-    run_stage1,
-    warmup_updates,
-)
-from drencoder.federated.workload import build_workload
-from drencoder.lora import adapter_layout, attach_lora, get_adapter_state
+from drencoder.federated.seeds import derive_seed, draw_seed, named_generator
+from drencoder.federated.server import structured
+from drencoder.federated.server.proxy import proxy_updates, proxy_workload
+from drencoder.federated.server.stage1 import conv_stages_for, make_autoencoder
+from drencoder.federated.simulator import run_stage1
+from drencoder.federated.workload import build_workload, training_model
+from drencoder.lora import adapter_layout, attach_lora, get_adapter_state, warmup_updates
 from drencoder.models import load_model
 
 DESCRIPTION = """\
@@ -71,7 +66,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--synthetic",
         metavar="N",
-        type=_positive_int,
+        type=options.number(lo=1, integer=True),
         default=8,
         help="fresh prior samples measured (at least the number of real updates; default 8)",
     )
@@ -84,7 +79,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--rounds",
         metavar="N",
-        type=_positive_int,
+        type=options.number(lo=1, integer=True),
         default=None,
         help="also follow N rounds of a non-private trajectory and report, per round, the "
         "energy each codec keeps of that round's real updates (docs/codecs.md)",
@@ -92,14 +87,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--per-round",
         metavar="M",
-        type=_positive_int,
+        type=options.number(lo=1, integer=True),
         default=16,
         help="with --rounds: clients drawn per round (default 16)",
     )
     p.add_argument(
         "--aggregate-noise",
         metavar="STD",
-        type=float,
+        type=options.number(lo=0),
         default=0.0,
         help="with --rounds: std of Gaussian noise added to every latent coordinate of the "
         "mean the history codec is refreshed from (e.g. sigma*C/n of a central-noise run; "
@@ -110,22 +105,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer in [1, inf), got {text!r}")
-    return value
-
-
 def real_updates(model, initial, workload, config: RunConfig, *, layout, progress: bool):
     """One update per client: ``local.steps`` steps from ``initial``, like round 1."""
     from tqdm.auto import tqdm
 
-    data = torch.Generator().manual_seed(derive_seed(config.seed, "data"))
-    train = torch.Generator().manual_seed(derive_seed(config.seed, "train"))
+    data = named_generator(config.seed, "data")
+    train = named_generator(config.seed, "train")
     out = []
     for client in tqdm(
         range(len(workload.clients)), desc="real updates", unit="client", disable=not progress
@@ -161,13 +146,13 @@ def compute(args: argparse.Namespace) -> dict:
         workload,
         config,
         layout=layout,
-        generator=torch.Generator().manual_seed(derive_seed(config.seed, "stage1")),
+        generator=named_generator(config.seed, "stage1"),
         progress=progress,
     )
     t0 = time.perf_counter()
     real = real_updates(lm, initial, workload, config, layout=layout, progress=progress)
     real_s = time.perf_counter() - t0
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, "codec-report"))
+    generator = named_generator(config.seed, "codec-report")
     synthetic = stage1.sampler.sample(max(args.synthetic, real.shape[0]), generator=generator)
 
     d, ae = layout.dim, stage1.codec
@@ -266,7 +251,7 @@ def _structured_codecs(
     then random). The sketch is released from ``real`` (every client's update from the
     initial adapter, as in stage 1), clipped and noised with ``codec.sketch_*`` from a
     generator of the report's own; energy allocates by the stage-1 prior's block moments."""
-    gen = torch.Generator().manual_seed(derive_seed(config.seed, "codec/0"))
+    gen = named_generator(config.seed, "codec/0")
     dims = structured.latent_dims(layout, config)
     out = {"random": SubspaceCodec(layout=layout, bases=random_bases(layout, dims, generator=gen))}
     proxy = proxy_workload(config, workload, tokenizer)
@@ -276,13 +261,13 @@ def _structured_codecs(
         proxy,
         config,
         layout=layout,
-        generator=torch.Generator().manual_seed(derive_seed(config.seed, "proxy/0")),
+        generator=named_generator(config.seed, "proxy/0"),
     )
     bases, _ = bases_from_vectors(public, layout, dims, generator=gen)
     out["proxy"] = SubspaceCodec(layout=layout, bases=bases, source="proxy")
     release = structured.sketch_release(config)
     encoder = structured.sketch_encoder(layout, config.codec.sketch_width, generator=gen)
-    noise = torch.Generator().manual_seed(derive_seed(config.seed, "codec-report/sketch"))
+    noise = named_generator(config.seed, "codec-report/sketch")
     messages = [release.mechanism.privatize(encoder.encode(u), generator=noise) for u in real]
     bases, _ = structured.sketch_bases(messages, encoder, dims, generator=gen)
     out["sketch"] = SubspaceCodec(layout=layout, bases=bases, source="sketch")

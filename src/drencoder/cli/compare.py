@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from drencoder.cli import options
 from drencoder.cli.options import add_config_arguments
 from drencoder.errors import ConfigError
 
@@ -21,25 +22,6 @@ the server learning rate scaled by codec.compression_ratio = k/d); see docs/code
 """
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 2,8, got {text!r}") from None
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(x.strip() for x in text.split(",") if x.strip())
-    return () if names == ("none",) else names
-
-
 def register(subparsers) -> None:
     from drencoder.compare.plan import DEFAULT_EPSILONS, DEFAULT_SEEDS, DEFAULT_TASKS
 
@@ -53,34 +35,42 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="comparison directory")
     p.add_argument(
         "--methods",
-        type=_names,
+        type=options.names,
         default=None,
         help="comma-separated methods (default: all five)",
     )
     p.add_argument(
         "--epsilons",
-        type=_floats,
+        type=options.number_list(lo=0, lo_open=True),
         default=DEFAULT_EPSILONS,
         help="target epsilons (default: %(default)s)",
     )
     p.add_argument(
-        "--seeds", type=_ints, default=DEFAULT_SEEDS, help="seeds (default: %(default)s)"
+        "--seeds",
+        type=options.number_list(lo=0, integer=True),
+        default=DEFAULT_SEEDS,
+        help="seeds (default: %(default)s)",
     )
     p.add_argument(
         "--tasks",
-        type=_names,
+        type=options.names,
         default=DEFAULT_TASKS,
         help="extra tasks scored on each final adapter besides the training task: mmlu, "
         "ceval, sentiment, or none (default: %(default)s)",
     )
     p.add_argument(
         "--eval-limit",
-        type=int,
+        type=options.number(lo=1, integer=True),
         default=200,
         metavar="N",
         help="questions per extra task (default: %(default)s)",
     )
-    p.add_argument("--shots", type=int, default=None, help="few-shot exemplars for extra tasks")
+    p.add_argument(
+        "--shots",
+        type=options.number(lo=0, integer=True),
+        default=None,
+        help="few-shot exemplars for extra tasks",
+    )
     p.add_argument("--ceval-dir", metavar="DIR", help="C-Eval directory (for --tasks ceval)")
     p.add_argument(
         "--method-set",
@@ -91,7 +81,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--variants",
-        type=_names,
+        type=options.names,
         default=(),
         help="extra arms METHOD+OPTION, comma-separated: dr-encoder+BASIS (a codec.basis) "
         "and dp-fedavg-lora+lr-scaled",

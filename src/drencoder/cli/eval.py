@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from drencoder.cli import options
 from drencoder.cli.options import device
 
 DESCRIPTION = """\
@@ -42,10 +43,26 @@ def register(subparsers) -> None:
         metavar="LIST",
         help=f"comma-separated, from {TASK_NAMES} (default: mmlu)",
     )
-    p.add_argument("--shots", type=int, metavar="N", help="few-shot exemplars for every task")
-    p.add_argument("--limit", type=int, metavar="N", help="score at most N questions per task")
+    p.add_argument(
+        "--shots",
+        type=options.number(lo=0, integer=True),
+        metavar="N",
+        help="few-shot exemplars for every task",
+    )
+    p.add_argument(
+        "--limit",
+        type=options.number(lo=1, integer=True),
+        metavar="N",
+        help="score at most N questions per task",
+    )
     p.add_argument("--ceval-dir", metavar="DIR", help="official C-Eval folder (val/, dev/)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="default: 8")
+    p.add_argument(
+        "--batch-size",
+        type=options.number(lo=1, integer=True),
+        default=8,
+        metavar="N",
+        help="default: 8",
+    )
     p.add_argument(
         "--device", default="cpu", type=device, help="cpu, cuda or cuda:N (default: cpu)"
     )

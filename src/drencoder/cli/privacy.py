@@ -15,6 +15,7 @@ import dp_accounting
 from drencoder import accounting
 from drencoder.accounting.calibration import needs_clt
 from drencoder.accounting.gdp import GdpApproximationWarning
+from drencoder.cli import options
 
 DESCRIPTION = """\
 Client-level privacy of T federated rounds, each a Gaussian mechanism with noise
@@ -41,24 +42,6 @@ calibrated where it needs the central-limit approximation, which can understate 
 """
 
 
-def _number(name: str, *, lo: float, hi: float, lo_open: bool, hi_open: bool, integer=False):
-    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-    rng = f"{left}{lo:g}, {'inf' if math.isinf(hi) else format(hi, 'g')}{right}"
-    kind = "an integer" if integer else "a number"
-
-    def parse(text: str):
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {kind} in {rng}, got {text!r}") from None
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-        if not ok or (not integer and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be {kind} in {rng}, got {text}")
-        return value
-
-    return parse
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "privacy",
@@ -70,34 +53,34 @@ def register(subparsers) -> None:
     which.add_argument(
         "--noise-multiplier",
         metavar="S",
-        type=_number("--noise-multiplier", lo=0, hi=math.inf, lo_open=True, hi_open=True),
+        type=options.number(lo=0, lo_open=True),
         help="noise std divided by the clip norm (sigma > 0)",
     )
     which.add_argument(
         "--target-epsilon",
         metavar="E",
-        type=_number("--target-epsilon", lo=0, hi=math.inf, lo_open=True, hi_open=True),
+        type=options.number(lo=0, lo_open=True),
         help="calibrate: print the smallest sigma whose epsilon <= E",
     )
     p.add_argument(
         "--sample-rate",
         metavar="Q",
         required=True,
-        type=_number("--sample-rate", lo=0, hi=1, lo_open=True, hi_open=False),
+        type=options.number(lo=0, hi=1, lo_open=True, hi_open=False),
         help="Poisson client sampling rate in (0, 1]; 1 = full participation",
     )
     p.add_argument(
         "--rounds",
         metavar="T",
         required=True,
-        type=_number("--rounds", lo=1, hi=math.inf, lo_open=False, hi_open=True, integer=True),
+        type=options.number(lo=1, hi=math.inf, integer=True),
         help="number of rounds (integer >= 1)",
     )
     p.add_argument(
         "--delta",
         metavar="D",
         required=True,
-        type=_number("--delta", lo=0, hi=1, lo_open=True, hi_open=True),
+        type=options.number(lo=0, hi=1, lo_open=True, hi_open=True),
         help="target delta in (0, 1), e.g. 1e-5",
     )
     p.add_argument(

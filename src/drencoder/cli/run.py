@@ -62,7 +62,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drencoder.federated.rundir import prepare_run_dir
+    from drencoder.federated.server.rundir import prepare_run_dir
     from drencoder.federated.simulator import Simulator
 
     progress = not args.no_progress
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         prepare_run_dir(args.out, fresh=True)  # before the model loads
         sim = Simulator(config, args.out, progress=progress)
     if sim.config.privacy.reproducible_noise:
-        from drencoder.federated.summary import REPRODUCIBLE_NOISE_WARNING
+        from drencoder.federated.server.summary import REPRODUCIBLE_NOISE_WARNING
 
         print(f"warning: {REPRODUCIBLE_NOISE_WARNING}", file=sys.stderr)
     summary = sim.run()

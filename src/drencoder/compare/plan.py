@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from drencoder.config import CodecBasis, Method, RunConfig, load_config
+from drencoder.config.methods import spec_for
 from drencoder.errors import ConfigError
 
 ALL_METHODS = tuple(Method)
@@ -79,7 +80,7 @@ class CompareSpec:
         object.__setattr__(self, "methods", methods)
         if any(not e > 0 for e in self.epsilons) or len(set(self.epsilons)) != len(self.epsilons):
             raise ConfigError(f"epsilons must be distinct and > 0, got {self.epsilons}")
-        if any(m is not Method.FEDAVG_LORA for m in methods) and not self.epsilons:
+        if any(spec_for(m).private for m in methods) and not self.epsilons:
             raise ConfigError("private methods need at least one epsilon (--epsilons 2,8)")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and non-empty, got {self.seeds}")
@@ -164,9 +165,7 @@ def plan_runs(spec: CompareSpec) -> list[PlannedRun]:
             method, extra = variant_overrides(variant, base)
             arms.append((method, variant, extra))
     for method, variant, extra in arms:
-        epsilons: Sequence[float | None] = (
-            (None,) if method is Method.FEDAVG_LORA else spec.epsilons
-        )
+        epsilons: Sequence[float | None] = spec.epsilons if spec_for(method).private else (None,)
         for eps in epsilons:
             for seed in spec.seeds:
                 overrides = [

@@ -26,8 +26,10 @@ from typing import Any
 import tomli_w
 
 from drencoder.accounting.relation import Relation, resolve_relation
+from drencoder.config.methods import spec_for
 from drencoder.config.schema import PRESETS, CodecBasis, Method, RunConfig, ServerOptimizer
 from drencoder.errors import ConfigError
+from drencoder.lora.settings import SentBlocks
 from drencoder.mechanisms.options import (
     Aggregation,
     ClipPoint,
@@ -244,28 +246,26 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _apply_method(config: RunConfig, explicit: set[str]) -> RunConfig:
-    """Cross-field rules: FFA-LoRA freezes lora_A; fedavg-lora has no budget."""
-    if config.method is Method.FFA_LORA_DP and config.lora.train_a:
+    """Cross-field rules, read from the method table: FFA-LoRA freezes lora_A; a non-private
+    method has no budget."""
+    spec = spec_for(config.method)
+    if spec.sent is SentBlocks.B_ONLY and config.lora.train_a:
         if "lora.train_a" in explicit:
             raise ConfigError("lora.train_a must be false for method 'ffa-lora-dp' (FFA-LoRA)")
         config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, train_a=False))
-    elif config.method is not Method.FFA_LORA_DP and not config.lora.train_a:
+    elif spec.sent is not SentBlocks.B_ONLY and not config.lora.train_a:
         raise ConfigError(
             "lora.train_a = false is FFA-LoRA: use method 'ffa-lora-dp', "
             f"got {config.method.value!r}"
         )
-    if config.method is Method.FEDAVG_LORA:
+    if not spec.private:
         if "target_epsilon" in explicit and config.target_epsilon is not None:
             raise ConfigError(
                 "method 'fedavg-lora' adds no noise, so it has no epsilon: "
                 "drop target_epsilon or pick a DP method"
             )
         config = dataclasses.replace(config, target_epsilon=None)
-    if (
-        config.method is not Method.FEDAVG_LORA
-        and config.target_epsilon is None
-        and config.privacy.noise_multiplier is None
-    ):
+    if spec.private and config.target_epsilon is None and config.privacy.noise_multiplier is None:
         raise ConfigError(
             f"method {config.method.value!r} needs privacy.noise_multiplier or target_epsilon "
             "(to calibrate it); both are none"
@@ -314,7 +314,7 @@ _BASIS_KEYS = {
 def _check_codec_basis(config: RunConfig, explicit: set[str]) -> None:
     """codec.basis is an option of dr-encoder; each basis's keys need that basis."""
     basis = config.codec.basis
-    if basis is not CodecBasis.AUTOENCODER and config.method is not Method.DR_ENCODER:
+    if basis is not CodecBasis.AUTOENCODER and not spec_for(config.method).takes_codec_basis:
         raise ConfigError(
             f"codec.basis = {basis.value!r} is a codec option of method 'dr-encoder', got "
             f"method {config.method.value!r} (whose codec is fixed); use method = "
@@ -372,10 +372,7 @@ def _expected_clients(config: RunConfig) -> float:
 def _check_adaptive_clipping(config: RunConfig, explicit: set[str]) -> None:
     """Adaptive clipping (privacy.clip_quantile) needs a clipped, centrally noised method
     and enough count noise; its other keys need it."""
-    from drencoder.federated.adaptive_clipping import (
-        default_count_noise,
-        update_noise_multiplier,
-    )
+    from drencoder.federated.adaptive_clipping import default_count_noise, update_noise_multiplier
 
     p, defaults = config.privacy, RunConfig().privacy
     if p.clip_quantile is None:
@@ -388,7 +385,7 @@ def _check_adaptive_clipping(config: RunConfig, explicit: set[str]) -> None:
                     "privacy.clip_quantile (e.g. 0.5) or drop it"
                 )
         return
-    if config.method is Method.FEDAVG_LORA:
+    if not spec_for(config.method).private:
         raise ConfigError(
             "privacy.clip_quantile needs a DP method: 'fedavg-lora' does not clip; drop "
             "privacy.clip_quantile or pick a DP method"
@@ -418,9 +415,6 @@ def _check_adaptive_clipping(config: RunConfig, explicit: set[str]) -> None:
             ) from None
 
 
-_CODEC_METHODS = (Method.DP_RANDOM_PROJECTION, Method.DR_ENCODER)
-
-
 def _check_record_unit(config: RunConfig, explicit: set[str]) -> None:
     """Record-level DP (privacy.unit = record) needs a DP method and replaces the
     client-level mechanism; its latent option needs a codec."""
@@ -433,16 +427,17 @@ def _check_record_unit(config: RunConfig, explicit: set[str]) -> None:
                 "or drop privacy.record_space"
             )
         return
-    if config.method is Method.FEDAVG_LORA:
+    if not spec_for(config.method).private:
         raise ConfigError(
             "privacy.unit = record needs a DP method: 'fedavg-lora' adds no noise; pick "
             "dp-fedavg-lora, ffa-lora-dp, dp-random-projection or dr-encoder, or drop "
             "privacy.unit"
         )
-    if p.record_space is RecordSpace.LATENT and config.method not in _CODEC_METHODS:
+    if p.record_space is RecordSpace.LATENT and not spec_for(config.method).has_codec:
+        with_codec = [m.value for m in Method if spec_for(m).has_codec]
         raise ConfigError(
             f"privacy.record_space = latent needs a method with a codec "
-            f"({', '.join(m.value for m in _CODEC_METHODS)}); {config.method.value!r} sends "
+            f"({', '.join(with_codec)}); {config.method.value!r} sends "
             "the LoRA update itself, so its latent is the LoRA space: use record_space = lora"
         )
     # The client-level mechanism is off with the record unit (not stacked): its keys
@@ -463,7 +458,7 @@ def _check_record_unit(config: RunConfig, explicit: set[str]) -> None:
 
 def _check_accountant(config: RunConfig) -> None:
     """The budget accountant must give a valid bound for this run's events."""
-    if config.method is Method.FEDAVG_LORA:
+    if not spec_for(config.method).private:
         return
     p, s = config.privacy, config.sampling
     if p.unit is PrivacyUnit.RECORD:

@@ -33,17 +33,12 @@ from drencoder.codecs import Codec, RandomProjectionCodec, SubspaceCodec
 from drencoder.codecs.bases import bases_from_vectors, random_bases
 from drencoder.codecs.report import relative_errors
 from drencoder.config import RunConfig
-from drencoder.federated.proxy import proxy_updates, proxy_workload
-from drencoder.federated.rounds import derive_seed
-from drencoder.federated.server_optimizer import GlobalOptimizer
-from drencoder.federated.stage1 import draw_seed, warmup_updates
-from drencoder.federated.structured import HISTORY_SHARE, history_vectors, latent_dims
+from drencoder.federated.seeds import derive_seed, draw_seed, named_generator
+from drencoder.federated.server.optimizer import GlobalOptimizer
+from drencoder.federated.server.proxy import proxy_updates, proxy_workload
+from drencoder.federated.server.structured import HISTORY_SHARE, history_vectors, latent_dims
 from drencoder.federated.workload import Workload
-from drencoder.lora import Layout
-
-
-def _gen(config: RunConfig, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(config.seed, name))
+from drencoder.lora import Layout, warmup_updates
 
 
 def energies(codec: Codec, updates: torch.Tensor) -> dict:
@@ -80,8 +75,12 @@ def trace(
 
     n_clients = len(workload.clients)
     per_round = min(per_round, n_clients)
-    pick, data, train = _gen(config, "trace/clients"), _gen(config, "data"), _gen(config, "train")
-    noise = _gen(config, "trace/noise")
+    pick, data, train = (
+        named_generator(config.seed, "trace/clients"),
+        named_generator(config.seed, "data"),
+        named_generator(config.seed, "train"),
+    )
+    noise = named_generator(config.seed, "trace/noise")
     dims = latent_dims(layout, config)
     c = config.codec
     projection = RandomProjectionCodec(
@@ -91,7 +90,8 @@ def trace(
         seed=derive_seed(config.seed, "projection"),
     )
     random = SubspaceCodec(
-        layout=layout, bases=random_bases(layout, dims, generator=_gen(config, "codec/0"))
+        layout=layout,
+        bases=random_bases(layout, dims, generator=named_generator(config.seed, "codec/0")),
     )
     history, kept, total = random, [], None
     proxy = proxy_workload(config, workload, tokenizer)
@@ -111,9 +111,16 @@ def trace(
             )
         u = torch.stack(updates)
         public = proxy_updates(
-            model, state, proxy, config, layout=layout, generator=_gen(config, f"proxy/{t}")
+            model,
+            state,
+            proxy,
+            config,
+            layout=layout,
+            generator=named_generator(config.seed, f"proxy/{t}"),
         )
-        bases, _ = bases_from_vectors(public, layout, dims, generator=_gen(config, f"codec/{t}"))
+        bases, _ = bases_from_vectors(
+            public, layout, dims, generator=named_generator(config.seed, f"codec/{t}")
+        )
         codecs = {
             "random-projection": projection,
             **dict(fixed),
@@ -139,7 +146,7 @@ def trace(
             history_vectors(total, kept),
             layout,
             dims,
-            generator=_gen(config, f"codec/{t}"),
+            generator=named_generator(config.seed, f"codec/{t}"),
             learned_share=HISTORY_SHARE,
         )
         history = SubspaceCodec(layout=layout, bases=bases, source="history")

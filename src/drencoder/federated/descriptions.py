@@ -4,7 +4,7 @@ The server describes the whole mechanism it wants a round's message made under
 (:class:`RoundMechanism`: method, placement, clip point, C, σ, the count noise of adaptive
 clipping and the neighbouring relation it accounts under) and the stage-1 statistics
 release (:class:`ReleaseMechanism`). A client checks the description against its own
-floor (:mod:`drencoder.federated.policy`), privatises with exactly what was described and
+floor (:mod:`drencoder.federated.client.policy`), privatises with exactly what was described and
 echoes the description's :meth:`~RoundMechanism.fingerprint`, so the server can refuse a
 reply made under any other mechanism (e.g. after a resume with a changed config).
 

@@ -5,8 +5,8 @@ A run: evaluate the base model; DR-Encoder stage 1 when the method has it; then 
 sample → local training → encode + privatise → aggregate + decode → update, each charged
 to the privacy ledger; evaluate; save the adapter, plots and report.
 
-The server side is :class:`~drencoder.federated.orchestration.FederatedServer`; the client
-side is :class:`~drencoder.federated.runtime.ClientRuntime`, the same objects the Flower
+The server side is :class:`~drencoder.federated.server.orchestration.FederatedServer`; the client
+side is :class:`~drencoder.federated.client.runtime.ClientRuntime`, the same objects the Flower
 apps run. The simulator only carries the messages between them, in memory. Clients draw
 their privacy noise from the run's ``noise`` generator, so a run is a function of its
 checkpointed state and a resumed run continues exactly.
@@ -24,6 +24,7 @@ event (``"client_done"``, ``"round_done"``) stops the run, as a crash would.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -31,18 +32,28 @@ import torch
 from tqdm.auto import tqdm
 
 from drencoder.codecs import Codec
-from drencoder.errors import ClientDropoutWarning
-from drencoder.federated.orchestration import FederatedServer
-from drencoder.federated.rounds import GENERATORS, RoundPlan, StatisticsReply, derive_seed
-from drencoder.federated.runtime import ClientResult, ClientRuntime
-from drencoder.federated.stage1 import Stage1Task
+from drencoder.config import Architecture, RunConfig
+from drencoder.errors import ClientDropoutWarning, ConfigError
+from drencoder.federated.client.runtime import ClientRuntime
+from drencoder.federated.client.stage1 import release_client_statistics
+from drencoder.federated.protocol import ClientResult, RoundPlan, Stage1Task, StatisticsReply
+from drencoder.federated.server.orchestration import FederatedServer
+from drencoder.federated.server.stage1 import (
+    Stage1Result,
+    conv_stages_for,
+    model_device,
+    stage1_tasks,
+    train_codec,
+)
+from drencoder.federated.workload import Workload
+from drencoder.lora import Layout
 from drencoder.mechanisms import GaussianMechanism
 
-__all__ = ["GENERATORS", "InProcessClients", "Simulator", "derive_seed"]
+__all__ = ["InProcessClients", "Simulator", "run_stage1"]
 
 
 class InProcessClients:
-    """A :class:`~drencoder.federated.orchestration.ClientPool` of simulated clients.
+    """A :class:`~drencoder.federated.server.orchestration.ClientPool` of simulated clients.
 
     One :class:`ClientRuntime` over the server's own model and workload serves every
     client in turn; noise comes from the server's ``noise`` generator.
@@ -123,3 +134,58 @@ class Simulator(FederatedServer):
     def __init__(self, config, run_dir, **kwargs) -> None:
         super().__init__(config, run_dir, **kwargs)
         self.clients = InProcessClients(self)
+
+
+def run_stage1(
+    model,
+    global_state: dict[str, torch.Tensor],
+    workload: Workload,
+    config: RunConfig,
+    *,
+    layout: Layout,
+    generator: torch.Generator,
+    noise_generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Stage1Result:
+    """Run stage 1 in one process: every client's release, then the auto-encoder.
+
+    The composition of :func:`stage1_tasks` (seeds from ``generator``),
+    :func:`release_client_statistics` for every client (release noise from
+    ``noise_generator``, default ``generator``) and :func:`train_codec` (``generator``).
+    ``model`` carries the LoRA adapter (``attach_lora``); it is left at ``global_state``.
+    ``layout`` is the uplink layout (``adapter_layout(model, sent=config.lora.sent)``).
+
+    ``report`` keys: ``clients``, ``epochs``, ``warmup_steps``, ``batch_size``,
+    ``release`` (settings and ``noise_std``), ``pooling``, ``statistics_norms`` and
+    ``clipped_clients`` (unreleased, simulator diagnostic), ``autoencoder`` (name,
+    dimensions, architecture settings), ``training`` (``TrainReport.to_dict()`` without
+    its time), ``prior_check`` (relative error and cosine on fresh prior samples),
+    ``training_seconds`` and ``seconds`` (the whole stage). Every key but the two times is
+    a deterministic function of (config, generator states).
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config must be a RunConfig, got {type(config).__name__}")
+    if config.codec.architecture is Architecture.CONV:
+        conv_stages_for(config.codec.compression_ratio)  # fail before the warm-up, not after
+    start = time.perf_counter()
+    noise = generator if noise_generator is None else noise_generator
+    released, norms = [], []
+    tasks = stage1_tasks(len(workload.clients), generator=generator)
+    for task in tqdm(tasks, desc="stage 1 warm-up", unit="client", disable=not progress):
+        stats, norm = release_client_statistics(
+            model, global_state, workload, task, config, layout=layout, noise_generator=noise
+        )
+        released.append(stats)
+        norms.append(norm)
+    result = train_codec(
+        released,
+        config,
+        generator=generator,
+        device=model_device(model),
+        statistics_norms=norms,
+        progress=progress,
+    )
+    result.report["seconds"] = time.perf_counter() - start
+    return result

@@ -173,3 +173,13 @@ def build_workload(config: RunConfig, tokenizer) -> Workload:
         exemplars=exemplars,
         description=description,
     )
+
+
+def training_model(model, config: RunConfig):
+    """What a client trains and the server scores: ``model`` (a PEFT model) or, when its
+    adapters sit above a frozen prefix, the prefix-cached top (``model.prefix_cache``)."""
+    from drencoder.lora import prefix_cached
+    from drencoder.models.cache import cache_root
+
+    mode = config.model.prefix_cache
+    return prefix_cached(model, mode=mode, cache_root=cache_root() if mode == "disk" else None)

@@ -30,6 +30,7 @@ from drencoder.lora.prefix import PrefixCachedLM, StateStore, prefix_cached
 from drencoder.lora.saved import load_adapter
 from drencoder.lora.settings import LoraSettings, SentBlocks
 from drencoder.lora.training import OptimizerName, TrainingError, TrainSettings, train_local
+from drencoder.lora.warmup import warmup_updates
 
 __all__ = [
     "AdapterUpdateError",
@@ -55,4 +56,5 @@ __all__ = [
     "set_adapter_state",
     "train_local",
     "trainable_keys",
+    "warmup_updates",
 ]

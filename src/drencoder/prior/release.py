@@ -7,7 +7,7 @@ blocks and epochs) to L2 norm ``clip_norm`` (C_s) and adds N(0, σ_s²C_s²I) dr
 :class:`~drencoder.mechanisms.gaussian.GaussianMechanism` with ``local`` placement. The
 accountant charges it as one ``GaussianDpEvent(σ_s)`` per client under the replace-one
 relation (sensitivity 2C_s), with no amplification: every client uploads, and the server
-knows who did (see ``drencoder.federated.budget.statistics_event``).
+knows who did (see ``drencoder.federated.server.budget.statistics_event``).
 
 Post-processing. Noise can make a std negative; the released stds are raised to
 ``std_floor`` (a small positive number), which costs no privacy. Pooling noisy stds by root

@@ -3,9 +3,9 @@
 The only package that imports ``flwr``: :mod:`.records` (the wire format), :mod:`.client`
 (the ClientApp) and :mod:`.server` (the ServerApp). It carries messages; the method is the
 simulator's: the ServerApp runs
-:class:`~drencoder.federated.orchestration.FederatedServer` (sampling, budget, aggregation,
+:class:`~drencoder.federated.server.orchestration.FederatedServer` (sampling, budget, aggregation,
 ledger, checkpoints, outputs) with a :class:`FlowerClients` pool, and
-the ClientApp runs :class:`~drencoder.federated.runtime.ClientRuntime` on the SuperNode's
+the ClientApp runs :class:`~drencoder.federated.client.runtime.ClientRuntime` on the SuperNode's
 own partition.
 
 Messages (``message_type``):
@@ -22,7 +22,7 @@ Messages (``message_type``):
   C, σ, relation); the node answers its privatised latent and the mechanism's
   fingerprint.
 
-A node does not trust the server (:mod:`drencoder.federated.policy`): it checks the
+A node does not trust the server (:mod:`drencoder.federated.client.policy`): it checks the
 described mechanism against its own policy (node config), refuses what breaks it,
 charges its own ledger before anything leaves, and privatises with exactly the described
 mechanism, not with its own copy of the run config. A reply whose fingerprint is not the
@@ -49,7 +49,7 @@ dotted keys), except ``out`` (server run directory), ``preset``, ``round-timeout
 ``connect-timeout`` (seconds). An empty string leaves a key at drencoder's default.
 Node config: ``partition-id``, ``num-partitions`` (must equal ``clients``), optional
 ``model-path`` (this node's copy of the model), ``ledger-path`` (this node's privacy
-ledger), the policy keys of :data:`~drencoder.federated.policy.POLICY_KEYS`, and
+ledger), the policy keys of :data:`~drencoder.federated.client.policy.POLICY_KEYS`, and
 ``noise-seed`` (tests only).
 """
 

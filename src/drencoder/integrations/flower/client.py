@@ -1,6 +1,6 @@
 """The ClientApp: one SuperNode's side (see the package docstring for the protocol).
 
-A node does not trust the server (:mod:`drencoder.federated.policy`): it checks the
+A node does not trust the server (:mod:`drencoder.federated.client.policy`): it checks the
 described mechanism against its own policy, charges its own ledger before anything
 leaves, privatises with exactly the described mechanism, and answers failures with fixed
 codes only.
@@ -18,7 +18,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordD
 from flwr.clientapp import ClientApp
 
 from drencoder.accounting import Relation
+from drencoder.config.methods import spec_for
 from drencoder.errors import ConfigError
+from drencoder.federated.client.policy import (
+    ClientPolicy,
+    NodeLedger,
+    PolicyRefusal,
+    node_ledger_path,
+    record_ledger_path,
+)
+from drencoder.federated.client.runtime import ClientRuntime
 from drencoder.federated.descriptions import (
     ReleaseMechanism,
     RoundMechanism,
@@ -26,18 +35,9 @@ from drencoder.federated.descriptions import (
     release_event,
     round_event,
 )
-from drencoder.federated.methods import spec_for
-from drencoder.federated.policy import (
-    ClientPolicy,
-    NodeLedger,
-    PolicyRefusal,
-    node_ledger_path,
-    record_ledger_path,
-)
-from drencoder.federated.rounds import derive_seed
-from drencoder.federated.runtime import ClientRuntime, ClientTask, training_model
-from drencoder.federated.stage1 import Stage1Task
-from drencoder.federated.workload import build_workload
+from drencoder.federated.protocol import ClientTask, Stage1Task
+from drencoder.federated.seeds import derive_seed
+from drencoder.federated.workload import build_workload, training_model
 from drencoder.integrations.flower.records import (
     CLIENT_ERROR_CODE,
     CLIENT_ERROR_REASON,

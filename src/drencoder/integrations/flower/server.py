@@ -1,4 +1,4 @@
-"""The ServerApp: :class:`~drencoder.federated.orchestration.FederatedServer` with a pool
+"""The ServerApp: :class:`~drencoder.federated.server.orchestration.FederatedServer` with a pool
 of Flower SuperNodes (see the package docstring for the protocol)."""
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from flwr.serverapp import Grid, ServerApp
 from drencoder.codecs import Codec
 from drencoder.config import RunConfig
 from drencoder.errors import ClientDropoutWarning, ConfigError, DrencoderError
-from drencoder.federated import budget
 from drencoder.federated.descriptions import ReleaseMechanism, RoundMechanism
-from drencoder.federated.orchestration import FederatedServer
+from drencoder.federated.protocol import (
+    ClientFailure,
+    ClientResult,
+    RoundPlan,
+    Stage1Task,
+    StatisticsReply,
+)
 from drencoder.federated.record import RecordDpSgd
-from drencoder.federated.rounds import ClientFailure, RoundPlan, StatisticsReply
-from drencoder.federated.runtime import ClientResult
-from drencoder.federated.stage1 import Stage1Task
+from drencoder.federated.server import budget
+from drencoder.federated.server.orchestration import FederatedServer
 from drencoder.integrations.flower.records import (
     CLIP_BIT,
     DESCRIPTION,
@@ -142,7 +146,7 @@ def declared_epsilon(reply: Message) -> float | None:
 
 
 class FlowerClients:
-    """A :class:`~drencoder.federated.orchestration.ClientPool` of Flower SuperNodes."""
+    """A :class:`~drencoder.federated.server.orchestration.ClientPool` of Flower SuperNodes."""
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ A checkpoint directory is written under a temporary name and renamed into place,
 previous checkpoint intact. The two newest round directories are kept.
 
 Charges made since the newest checkpoint are in ``pending-charges.jsonl``
-(:mod:`drencoder.federated.charges`).
+(:mod:`drencoder.federated.server.charges`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Checkpoint:
     noise_multiplier: float | None
     extra: dict = field(default_factory=dict)
     optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    """The server optimizer's tensors (:mod:`drencoder.federated.server_optimizer`); its
+    """The server optimizer's tensors (:mod:`drencoder.federated.server.optimizer`); its
     scalars are in ``extra``."""
 
 

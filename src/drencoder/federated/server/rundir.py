@@ -19,7 +19,7 @@ from pathlib import Path
 
 from drencoder.codecs.base import latent_dim_for
 from drencoder.errors import CheckpointError, ConfigError, StorageError
-from drencoder.federated.checkpoint import KEEP
+from drencoder.federated.server.checkpoint import KEEP
 
 PROBE_BYTES = 4 * 2**20
 """Size of the probe file written (and deleted) by :func:`prepare_run_dir`."""

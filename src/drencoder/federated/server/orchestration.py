@@ -13,7 +13,7 @@ round is two calls around the clients' work:
 Who runs the clients is a :class:`ClientPool`: the in-process simulator
 (:mod:`drencoder.federated.simulator`) or Flower SuperNodes
 (:mod:`drencoder.integrations.flower`). Both use the same
-:class:`~drencoder.federated.runtime.ClientRuntime` on the client side.
+:class:`~drencoder.federated.client.runtime.ClientRuntime` on the client side.
 
 Every random choice of the server comes from one of the run's named generators
 (sampling, data, train, noise, stage1), all checkpointed, so a run resumed from a
@@ -21,17 +21,17 @@ checkpoint after which nothing was sent continues exactly where it stopped. When
 tasks had already gone out (pending charges), the DP streams are reseeded from OS entropy
 for the re-run: replaying their noise over a different set of replies would reveal the
 difference. The streams a DP guarantee rests on (Poisson participation and every Gaussian
-draw, :data:`~drencoder.federated.rounds.DP_STREAMS`) are seeded from OS entropy; the
+draw, :data:`~drencoder.federated.seeds.DP_STREAMS`) are seeded from OS entropy; the
 others from ``seed``. ``privacy.reproducible_noise = true`` seeds every stream from
 ``seed`` (research only: the outputs then say that epsilon does not hold against anyone
 who knows it).
 
-Privacy charges are written ahead (:mod:`drencoder.federated.charges`):
+Privacy charges are written ahead (:mod:`drencoder.federated.server.charges`):
 a round is charged to the ledger and the charge persisted before its tasks go out, and
 never refunded, whatever comes back.
 
 The decoded update moves the adapter through the server optimizer
-(:mod:`drencoder.federated.server_optimizer`, ``server.optimizer``), whose state is
+(:mod:`drencoder.federated.server.optimizer`, ``server.optimizer``), whose state is
 checkpointed. With adaptive clipping (``privacy.clip_quantile``,
 :mod:`drencoder.federated.adaptive_clipping`) the round's clip norm C_t is part of the
 server's state: it is what the round's mechanism clips at (and what replies are validated
@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from drencoder import accounting
 from drencoder.codecs import Codec, load_codec
 from drencoder.config import RunConfig, dump_toml, load_config
+from drencoder.config.methods import spec_for
 from drencoder.errors import (
     BudgetExceeded,
     CheckpointError,
@@ -62,27 +63,26 @@ from drencoder.errors import (
     PrivacyWarning,
 )
 from drencoder.evaluation import eval_record, score_multiple_choice
-from drencoder.federated import adaptive_clipping, budget, rundir, structured
-from drencoder.federated.charges import absorb_pending, charge_ahead, clear_pending
-from drencoder.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from drencoder.federated.codec_setup import build_codec
-from drencoder.federated.methods import spec_for
-from drencoder.federated.record import RecordDpSgd, round_charges
-from drencoder.federated.rounds import (
+from drencoder.federated import adaptive_clipping
+from drencoder.federated.protocol import (
     ClientPool,
+    ClientResult,
+    ClientTask,
     RoundPlan,
-    derive_seed,
     failure_code,
-    reseed_dp_streams,
-    run_generators,
+    release_for,
 )
-from drencoder.federated.runtime import ClientResult, ClientTask, training_model
-from drencoder.federated.sampling import sample_clients
-from drencoder.federated.server import decode_release, release
-from drencoder.federated.server_optimizer import GlobalOptimizer
-from drencoder.federated.stage1 import draw_seed, release_for
-from drencoder.federated.validation import accept_messages, message_limits
-from drencoder.federated.workload import build_workload
+from drencoder.federated.record import RecordDpSgd, round_charges
+from drencoder.federated.seeds import derive_seed, draw_seed, reseed_dp_streams, run_generators
+from drencoder.federated.server import budget, rundir, structured
+from drencoder.federated.server.aggregation import decode_release, release
+from drencoder.federated.server.charges import absorb_pending, charge_ahead, clear_pending
+from drencoder.federated.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from drencoder.federated.server.codec_setup import build_codec
+from drencoder.federated.server.optimizer import GlobalOptimizer
+from drencoder.federated.server.sampling import sample_clients
+from drencoder.federated.server.validation import accept_messages, message_limits
+from drencoder.federated.workload import Workload, build_workload, training_model
 from drencoder.lora import (
     PrefixCachedLM,
     adapter_layout,
@@ -147,8 +147,12 @@ class FederatedServer:
         self.codec: Codec | None = None
         self.codec_dir = "codec"
         """Where under ``checkpoints/`` the current codec is saved (a refreshed subspace
-        codec has its own ``codec-NNNN``; :mod:`drencoder.federated.structured`)."""
+        codec has its own ``codec-NNNN``; :mod:`drencoder.federated.server.structured`)."""
         self.codec_history: list = []
+        self.codec_cumulative: torch.Tensor | None = None
+        """``codec.basis = history``: the sum of the decoded aggregates so far."""
+        self.proxy: Workload | None = None
+        """``codec.basis = proxy``: the public data the server computes updates on."""
         self.noise_multiplier: float | None = None
         """The round's noise multiplier as accounted (with adaptive clipping, the effective
         z of update and count release together)."""
@@ -223,7 +227,8 @@ class FederatedServer:
             placement=self.config.privacy.placement,
         )
 
-    def _pool(self) -> ClientPool:
+    def pool(self) -> ClientPool:
+        """The client pool the server's tasks go to (the simulator's or Flower's)."""
         if self.clients is None:
             raise ConfigError(
                 "this FederatedServer has no clients: set server.clients to a ClientPool "
@@ -257,12 +262,14 @@ class FederatedServer:
             self.charge(event, kind="round", round=plan.round, clients=charged, label=label)
 
     # -- metrics -----------------------------------------------------------------------
-    def _append(self, row: dict) -> None:
+    def append_row(self, row: dict) -> None:
+        """Append ``row`` to ``metrics.jsonl`` (and to :attr:`rows`)."""
         self.rows.append(row)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def _epsilons(self) -> dict[str, float] | None:
+    def epsilons(self) -> dict[str, float] | None:
+        """ε of the ledger so far under each accountant (None for a non-private run)."""
         if not self.spec.private:
             return None
         with warnings.catch_warnings():
@@ -284,7 +291,7 @@ class FederatedServer:
             progress=self.progress,
         )
         self._flush_prefix_cache()
-        eps = self._epsilons()
+        eps = self.epsilons()
         spent = eps[self.config.privacy.accountant] if eps else None
         if spent is not None and not math.isfinite(spent):
             spent = None  # a release without noise (stage1.release_noise = false): no guarantee
@@ -316,7 +323,7 @@ class FederatedServer:
         }
         if eps:
             row["relation"] = self.relation.value
-        self._append(row)
+        self.append_row(row)
         return row
 
     # -- the prefix cache --------------------------------------------------------------
@@ -471,7 +478,7 @@ class FederatedServer:
                 self.stop_reason = str(exc)
                 self._checkpoint()
                 break
-            eps = self._epsilons()
+            eps = self.epsilons()
             if eps:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in eps.items()})
         if not self.rows or self.rows[-1].get("kind") != "eval":
@@ -483,7 +490,7 @@ class FederatedServer:
         start = time.perf_counter()
         plan = self.plan_round(t)
         self.charge_round(plan)
-        replies = self._pool().train(
+        replies = self.pool().train(
             plan, global_state=self.global_state, codec=self.codec, mechanism=self.mechanism
         )
         self.finish_round(plan, replies, started=start)
@@ -574,7 +581,7 @@ class FederatedServer:
         The one place where received messages are gathered before aggregation. A client
         that raised, returned an error or did not reply is a dropout (``failed``); a reply
         from a client that was not sampled is ignored. A message that arrived but fails
-        validation (:mod:`drencoder.federated.validation`) is ``rejected``: it stays out
+        validation (:mod:`drencoder.federated.server.validation`) is ``rejected``: it stays out
         of the aggregate, but its client did release it, so the ledger still charges it.
         """
         arrived: dict[int, ClientResult] = {}
@@ -601,7 +608,7 @@ class FederatedServer:
 
     def release_round(self, plan: RoundPlan, messages: list) -> torch.Tensor | None:
         """What round ``plan.round`` releases in the latent space before decoding
-        (:func:`~drencoder.federated.server.release`): the noised mean of the accepted
+        (:func:`~drencoder.federated.server.aggregation.release`): the noised mean of the accepted
         ``messages`` (sorted by client), or the messages themselves for
         ``decode_then_mean``. A privacy audit observes the release here."""
         return release(
@@ -659,7 +666,7 @@ class FederatedServer:
             "participants": sorted({*received, *rejected}),
             "failed": {str(c): reason for c, reason in failed.items()},
             "rejected": {str(c): reason for c, reason in rejected.items()},
-            "epsilon": self._epsilons(),
+            "epsilon": self.epsilons(),
             "unit": self.config.privacy.unit.value if self.spec.private else None,
             "relation": self.relation.value if self.spec.private else None,
             "noise_multiplier": self.noise_multiplier,
@@ -691,7 +698,7 @@ class FederatedServer:
         diagnostics = rundir.mean_diagnostics([r.diagnostics for r in results])
         if diagnostics:
             row[rundir.NOT_COVERED] = diagnostics
-        self._append(row)
+        self.append_row(row)
         every = cfg.eval.every
         if every and t % every == 0:
             self.evaluate()
@@ -702,7 +709,7 @@ class FederatedServer:
 
     def finish(self) -> dict:
         """Write the PEFT adapter, summary, plots and report for the current state."""
-        from drencoder.federated.summary import write_outputs
+        from drencoder.federated.server.summary import write_outputs
 
         set_adapter_state(self.model, self.global_state)
         return write_outputs(self)

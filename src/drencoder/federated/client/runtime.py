@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 
 import torch
 
@@ -32,9 +31,10 @@ from drencoder.codecs import Codec, IdentityCodec
 from drencoder.codecs.report import reconstruction
 from drencoder.config import RunConfig
 from drencoder.errors import ConfigError
-from drencoder.federated.client import local_update, local_update_dp, make_reply
+from drencoder.federated.client.stage1 import release_client_statistics
+from drencoder.federated.client.update import local_update, local_update_dp, make_reply
+from drencoder.federated.protocol import ClientResult, ClientTask, Stage1Task, release_for
 from drencoder.federated.record import RecordDpSgd
-from drencoder.federated.stage1 import Stage1Task, release_client_statistics, release_for
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
 from drencoder.lora.dp_sgd import DpSgd
@@ -42,45 +42,6 @@ from drencoder.mechanisms import ClipPoint, GaussianMechanism, RecordSpace
 from drencoder.prior import ClientStatistics, StatisticsRelease
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClientTask:
-    """What the server asks of one client in one round (besides adapter and encoder)."""
-
-    round: int
-    client: int
-    data_seed: int
-    train_seed: int
-
-
-@dataclass
-class ClientResult:
-    """A client's reply to a :class:`ClientTask`."""
-
-    client: int
-    message: torch.Tensor
-    """The privatised latent ``[latent_dim]`` float32: clipped and, with ``local``
-    placement, noised on the client."""
-    clip_bit: float | None = None
-    """Adaptive clipping: ``1[‖x‖ ≤ C]`` for what was clipped, uploaded with the message
-    (None when the round does not ask for it)."""
-    declared_epsilon: float | None = None
-    """Record-level DP over Flower: the per-record ε the client declares its own ledger
-    stands at after the round (reported by the server, not charged from it)."""
-    diagnostics: dict = field(default_factory=dict)
-    """Simulation-only measurements of raw data (``train_loss``, ``update_norm``,
-    ``reconstruction``): not covered by epsilon, never uploaded by a real client."""
-
-
-def training_model(model, config: RunConfig):
-    """What a client trains and the server scores: ``model`` (a PEFT model) or, when its
-    adapters sit above a frozen prefix, the prefix-cached top (``model.prefix_cache``)."""
-    from drencoder.lora import prefix_cached
-    from drencoder.models.cache import cache_root
-
-    mode = config.model.prefix_cache
-    return prefix_cached(model, mode=mode, cache_root=cache_root() if mode == "disk" else None)
 
 
 class ClientRuntime:

@@ -8,7 +8,11 @@
 | dp-random-projection   | seeded random projection to k  | yes | A and B       | no      |
 | dr-encoder             | random-prior auto-encoder to k | yes | A and B       | yes     |
 
-One table drives the simulator: adding a method is adding a row, not a branch.
+One table drives every rule that depends on the method: the config checks
+(:mod:`drencoder.config.loading`: whether a method has a budget, freezes ``lora_A``, has a
+codec or takes ``codec.basis``), the codec a run builds, what it sends and whether it runs
+stage 1 (:mod:`drencoder.federated.server`), and the grids of ``compare`` and ``audit``.
+Adding a method is adding a row, not a branch.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from drencoder.config import Method
+from drencoder.config.schema import Method
 from drencoder.lora.settings import SentBlocks
 
 
@@ -33,6 +37,16 @@ class MethodSpec:
     private: bool
     sent: SentBlocks
     stage1: bool
+
+    @property
+    def has_codec(self) -> bool:
+        """Whether the uplink is compressed to a latent (the record unit's latent option)."""
+        return self.codec is not CodecKind.IDENTITY
+
+    @property
+    def takes_codec_basis(self) -> bool:
+        """Whether ``codec.basis`` applies: DR-Encoder's codec options."""
+        return self.codec is CodecKind.AUTOENCODER
 
 
 METHODS: dict[Method, MethodSpec] = {

@@ -32,7 +32,7 @@ from drencoder.lora import apply_delta
 
 
 class GlobalOptimizer:
-    """The server optimizer of :mod:`this module <drencoder.federated.server_optimizer>`.
+    """The server optimizer of :mod:`this module <drencoder.federated.server.optimizer>`.
 
     :meth:`apply` takes the global state and the decoded update (a dict over the sent
     keys, possibly a subset of the state's) and returns the new state. Its moments live on

@@ -20,9 +20,9 @@ import torch
 from drencoder.config import RunConfig, Task
 from drencoder.data import build_examples, load_mmlu, load_sentiment
 from drencoder.errors import ConfigError
-from drencoder.federated.stage1 import draw_seed, warmup_updates
+from drencoder.federated.seeds import draw_seed
 from drencoder.federated.workload import Workload
-from drencoder.lora import Layout
+from drencoder.lora import Layout, warmup_updates
 
 
 def proxy_items(config: RunConfig, workload: Workload) -> list:

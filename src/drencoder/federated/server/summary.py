@@ -8,18 +8,14 @@ from __future__ import annotations
 import json
 import math
 import platform
-from typing import TYPE_CHECKING
 
 import torch
 
 from drencoder import __version__
-from drencoder.federated import budget, rundir
 from drencoder.federated.record import per_client_epsilon
+from drencoder.federated.server import budget, rundir
+from drencoder.federated.server.state import ServerState
 from drencoder.reporting import plot_run, write_report
-
-if TYPE_CHECKING:
-    from drencoder.federated.orchestration import FederatedServer
-
 
 REPRODUCIBLE_NOISE_WARNING = (
     "privacy.reproducible_noise = true: the noise and the Poisson participation were drawn "
@@ -93,7 +89,7 @@ def noise_on_mean(cfg, sigma: float | None) -> dict | None:
     }
 
 
-def record_section(sim: FederatedServer, eps: dict | None) -> dict:
+def record_section(sim: ServerState, eps: dict | None) -> dict:
     """summary.json's record-level fields: the worst client's per-record ε and each
     client's own, and what DP-SGD ran; the client-level fields that do not apply are
     None."""
@@ -177,11 +173,11 @@ def utility(rows: list[dict], *, method: str, epsilon: float | None, delta: floa
     }
 
 
-def summarize(sim: FederatedServer) -> dict:
+def summarize(sim: ServerState) -> dict:
     cfg, rows = sim.config, sim.rows
     rounds = [r for r in rows if r["kind"] == "round"]
     stage1 = next((r for r in rows if r["kind"] == "stage1"), None)
-    eps = sim._epsilons()
+    eps = sim.epsilons()
     recon = [
         r[rundir.NOT_COVERED]["reconstruction"]
         for r in rounds
@@ -291,7 +287,7 @@ def summarize(sim: FederatedServer) -> dict:
     }
 
 
-def write_outputs(sim: FederatedServer) -> dict:
+def write_outputs(sim: ServerState) -> dict:
     run_dir = sim.run_dir
     sim.model.save_pretrained(run_dir / "adapter")
     summary = summarize(sim)

@@ -29,7 +29,7 @@ from dp_accounting import dp_event
 from drencoder.accounting import PrivacyLedger
 from drencoder.accounting.ledger import Entry
 from drencoder.errors import CheckpointError
-from drencoder.federated.checkpoint import damaged_file
+from drencoder.federated.server.checkpoint import damaged_file
 
 PENDING = "pending-charges.jsonl"
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dp_accounting
 import torch
@@ -40,17 +39,16 @@ from drencoder.codecs import SubspaceCodec, latent_dim_for, load_codec
 from drencoder.codecs.bases import allocate, bases_from_vectors, random_bases, side_vectors
 from drencoder.codecs.subspace import matrix_shape, short_side
 from drencoder.config import CodecBasis, RunConfig
-from drencoder.federated import budget
-from drencoder.federated.rounds import RoundPlan, derive_seed, failure_code
-from drencoder.federated.runtime import ClientTask
-from drencoder.federated.stage1 import draw_seed
-from drencoder.federated.validation import accept_messages, message_limits
+from drencoder.federated.protocol import ClientTask, RoundPlan, failure_code
+from drencoder.federated.seeds import draw_seed, named_generator
+from drencoder.federated.server import budget
+from drencoder.federated.server.proxy import proxy_updates, proxy_workload
+from drencoder.federated.server.stage1 import release_statistics, stats_bytes
+from drencoder.federated.server.state import ServerState
+from drencoder.federated.server.validation import accept_messages, message_limits
 from drencoder.lora import Layout
 from drencoder.mechanisms import ClipPoint
 from drencoder.prior import PriorSampler, StatisticsRelease, pool_statistics
-
-if TYPE_CHECKING:
-    from drencoder.federated.orchestration import FederatedServer
 
 HISTORY_FILE = "history.safetensors"
 REFRESHED = ("history", "proxy")
@@ -64,7 +62,7 @@ def sketch_release(config: RunConfig) -> StatisticsRelease:
     )
 
 
-def stage1_event(server: FederatedServer) -> dp_accounting.DpEvent | None:
+def stage1_event(server: ServerState) -> dp_accounting.DpEvent | None:
     """The one-off stage-1 charge of the run's codec option (None: it releases nothing)."""
     if not server.spec.stage1:
         return None
@@ -81,15 +79,11 @@ def latent_dims(layout: Layout, config: RunConfig, weights=None) -> list[int]:
     return allocate(layout, latent=k, weights=weights)
 
 
-def _generator(config: RunConfig, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(config.seed, name))
-
-
-def build_structured(server: FederatedServer) -> SubspaceCodec:
+def build_structured(server: ServerState) -> SubspaceCodec:
     """The run's first subspace codec (charging a stage-1 release where the option has one)."""
     cfg, layout = server.config, server.layout
     basis = cfg.codec.basis
-    gen = _generator(cfg, "codec/0")
+    gen = named_generator(cfg.seed, "codec/0")
     server.codec_history = []
     if basis is CodecBasis.ENERGY:
         dims, info = _energy_dims(server)
@@ -98,7 +92,7 @@ def build_structured(server: FederatedServer) -> SubspaceCodec:
         )
         # The statistics release's row, as for the auto-encoder (the run summary states
         # the release from it).
-        server._append({"kind": "stage1", "round": 0, "basis": basis.value, **info})
+        server.append_row({"kind": "stage1", "round": 0, "basis": basis.value, **info})
         return codec
     dims = latent_dims(layout, cfg)
     if basis is CodecBasis.PROXY:
@@ -109,7 +103,7 @@ def build_structured(server: FederatedServer) -> SubspaceCodec:
     else:  # random; history starts random (round 1 has no aggregate yet)
         bases, learned = random_bases(layout, dims, generator=gen), [0] * len(dims)
     codec = SubspaceCodec(layout=layout, bases=bases, source=basis.value)
-    server._append(
+    server.append_row(
         {
             "kind": "codec",
             "round": 0,
@@ -122,10 +116,8 @@ def build_structured(server: FederatedServer) -> SubspaceCodec:
     return codec
 
 
-def _energy_dims(server: FederatedServer) -> tuple[list[int], dict]:
+def _energy_dims(server: ServerState) -> tuple[list[int], dict]:
     """Latent split by the released per-block energies size·(mean² + std²)."""
-    from drencoder.federated.codec_setup import release_statistics, stats_bytes
-
     released, _, failed = release_statistics(server)
     release = server.release
     pooled = pool_statistics(
@@ -147,10 +139,8 @@ def _energy_dims(server: FederatedServer) -> tuple[list[int], dict]:
     return dims, info
 
 
-def _proxy_vectors(server: FederatedServer, t: int) -> torch.Tensor:
-    from drencoder.federated.proxy import proxy_updates, proxy_workload
-
-    if getattr(server, "proxy", None) is None:
+def _proxy_vectors(server: ServerState, t: int) -> torch.Tensor:
+    if server.proxy is None:
         server.proxy = proxy_workload(server.config, server.workload, server.tokenizer)
     return proxy_updates(
         server.lm,
@@ -158,11 +148,11 @@ def _proxy_vectors(server: FederatedServer, t: int) -> torch.Tensor:
         server.proxy,
         server.config,
         layout=server.layout,
-        generator=_generator(server.config, f"proxy/{t}"),
+        generator=named_generator(server.config.seed, f"proxy/{t}"),
     )
 
 
-def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator):
+def _sketch_bases(server: ServerState, dims: list[int], gen: torch.Generator):
     """Stage 1's DP sketch: every client trains ``local.steps`` steps from the initial
     adapter (a round-0 task), multiplies each LoRA matrix by a shared random orthonormal
     r × s matrix on its rank side, clips the whole sketch to ``codec.sketch_clip_norm`` and
@@ -183,7 +173,7 @@ def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator
         ClientTask(round=0, client=c, data_seed=draw_seed(stage1), train_seed=draw_seed(stage1))
         for c in range(cfg.clients)
     )
-    replies = server._pool().train(
+    replies = server.pool().train(
         RoundPlan(round=0, tasks=tasks, charge=None),
         global_state=server.global_state,
         codec=encoder,
@@ -197,7 +187,7 @@ def _sketch_bases(server: FederatedServer, dims: list[int], gen: torch.Generator
     bases, learned = sketch_bases(
         [accepted[c] for c in sorted(accepted)], encoder, dims, generator=gen
     )
-    server._append(
+    server.append_row(
         {
             "kind": "sketch",
             "round": 0,
@@ -250,7 +240,7 @@ def sketch_bases(
     )
 
 
-def refresh(server: FederatedServer, decoded: torch.Tensor, t: int) -> dict | None:
+def refresh(server: ServerState, decoded: torch.Tensor, t: int) -> dict | None:
     """After round ``t``: rebuild a ``history`` or ``proxy`` subspace (every
     ``codec.refresh_every`` rounds) from the round's decoded DP aggregate ``decoded`` or the
     server's public data, save it, and make it the server's codec. Returns what the round's
@@ -262,12 +252,12 @@ def refresh(server: FederatedServer, decoded: torch.Tensor, t: int) -> dict | No
     if basis is CodecBasis.HISTORY:
         agg = decoded.detach().float().cpu()
         server.codec_history = [*server.codec_history, agg][-cfg.codec.history_rounds :]
-        total = getattr(server, "codec_cumulative", None)
+        total = server.codec_cumulative
         server.codec_cumulative = agg.clone() if total is None else total + agg
     if t % cfg.codec.refresh_every:
         return None
     dims = latent_dims(server.layout, cfg)
-    gen = _generator(cfg, f"codec/{t}")
+    gen = named_generator(cfg.seed, f"codec/{t}")
     if basis is CodecBasis.HISTORY:
         vectors = history_vectors(server.codec_cumulative, server.codec_history)
     else:
@@ -301,7 +291,7 @@ def history_vectors(cumulative: torch.Tensor, recent: list[torch.Tensor]) -> tor
     return torch.stack([cumulative, *recent])
 
 
-def _save(server: FederatedServer, codec: SubspaceCodec, name: str) -> None:
+def _save(server: ServerState, codec: SubspaceCodec, name: str) -> None:
     root = Path(server.run_dir) / "checkpoints"
     codec.save(root / name)
     history = getattr(server, "codec_history", [])
@@ -318,7 +308,7 @@ def _save(server: FederatedServer, codec: SubspaceCodec, name: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def restore(server: FederatedServer, codec_dir: str):
+def restore(server: ServerState, codec_dir: str):
     """The codec a checkpoint names, and (``history``) the aggregates it was built from."""
     directory = Path(server.run_dir) / "checkpoints" / codec_dir
     codec = load_codec(directory)
