@@ -73,17 +73,23 @@ def run(out: Path, preset: str, seed: int, epsilon: float | None, extra: list[st
         "seconds_in_rounds": summary["run"]["seconds in rounds"],
     }
     if privacy["private"]:
-        noise = privacy["noise_on_mean"]
         row.update(
             {
+                "unit": privacy.get("unit", "client"),
                 "epsilon": privacy["epsilon"],
                 "relation": privacy["relation"],
                 "noise_multiplier": privacy["noise_multiplier"],
                 "clip_norm": privacy["clip_norm"],
-                "expected_clients_per_round": noise["expected_clients_per_round"],
-                "noise_std_on_mean_per_coordinate": noise["std_per_coordinate"],
             }
         )
+        noise = privacy["noise_on_mean"]  # None with record-level DP
+        if noise is not None:
+            row["expected_clients_per_round"] = noise["expected_clients_per_round"]
+            row["noise_std_on_mean_per_coordinate"] = noise["std_per_coordinate"]
+        if privacy.get("record"):
+            rec = privacy["record"]
+            row["record_epsilon_worst_client"] = rec["epsilon_worst_client"]
+            row["record_dp_sgd"] = rec["dp_sgd"]
     return row
 
 

@@ -449,6 +449,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rounds": 40,
         "eval.every": 0,
     },
+    # Cross-silo with record-level DP: four clients with 1,000 examples each, all in every
+    # round; each runs one DP-SGD step per round on a Poisson batch (q = 0.25), epsilon per
+    # record, client updates sent without client-level noise.
+    "cross-silo": {
+        **{k: v for k, v in _CROSS_DEVICE.items() if k != "privacy.placement"},
+        "clients": 4,
+        "data.examples_per_client": 1000,
+        "data.batch_size": 250,
+        "sampling.rate": 1.0,
+        "rounds": 20,
+        "privacy.unit": "record",
+        "eval.every": 0,
+    },
     # What `make demo` runs: the cross-device preset, smaller and shorter.
     "demo": {
         **_CROSS_DEVICE,
