@@ -23,10 +23,18 @@ def tiny_model():
     return make_tiny_llama()
 
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of
+# the cores for torch, so that workers do not oversubscribe them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+CORES = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    torch.set_num_threads(CORES)
+
+
 @pytest.fixture
 def torch_threads():
-    """Use every core for the duration of a test that runs the real embedded model."""
+    """Use this worker's share of the cores for a test that runs the real embedded model."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(CORES)
     yield
     torch.set_num_threads(before)

@@ -1,6 +1,9 @@
+import dataclasses
+import re
+
 import pytest
 
-from drencoder.config import Method, dump_toml, load_config
+from drencoder.config import Method, PrivacyConfig, RunConfig, dump_toml, load_config
 from drencoder.errors import ConfigError
 from drencoder.mechanisms import NoisePlacement
 
@@ -109,3 +112,47 @@ def test_eval_offset_gives_a_disjoint_held_out_set(tiny_tokenizer):
     assert uids("eval.questions=40")[20:] == second
     with pytest.raises(ConfigError, match="eval.offset"):
         uids("eval.offset=100000")
+
+
+# -- a RunConfig built in Python checks itself as the loader does ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: RunConfig(rounds=0), "rounds must be >= 1"),
+        (lambda: RunConfig(method="dp-fedvg"), "method must be one of"),
+        (lambda: RunConfig(delta=1.5), "delta must be > 0 and < 1"),
+        (
+            lambda: dataclasses.replace(
+                RunConfig(), privacy=dataclasses.replace(PrivacyConfig(), clip_norm=0.0)
+            ),
+            "clip_norm must be > 0",
+        ),
+        (
+            lambda: RunConfig(
+                privacy=PrivacyConfig(placement="central", aggregation="decode_then_mean")
+            ),
+            "decode_then_mean needs privacy.placement = local",
+        ),
+        (
+            lambda: RunConfig(target_epsilon=None, privacy=PrivacyConfig(noise_multiplier=None)),
+            "needs privacy.noise_multiplier or target_epsilon",
+        ),
+        (
+            lambda: RunConfig(method="fedavg-lora", privacy=PrivacyConfig(unit="record")),
+            "privacy.unit = record needs a DP method",
+        ),
+    ],
+)
+def test_a_config_built_in_python_is_checked(build, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build()
+
+
+def test_a_config_built_in_python_gets_what_the_method_fixes():
+    ffa = RunConfig(method="ffa-lora-dp")
+    assert ffa.method is Method.FFA_LORA_DP and ffa.lora.train_a is False
+    assert RunConfig(method="fedavg-lora").target_epsilon is None
+    assert isinstance(RunConfig(target_epsilon=8).target_epsilon, float)  # normalised
+    assert RunConfig(rounds=3) == load_config(overrides=["rounds=3"])

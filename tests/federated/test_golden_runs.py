@@ -3,7 +3,9 @@
 Each case runs the simulator on the tiny random model with reproducible noise and a fixed
 σ, and compares a digest of its final adapter (every tensor's bytes) and of its
 metrics rows (timings left out) with ``golden_runs.json``, recorded before a refactor.
-A difference means a change altered what a run computes: if that is intended (a new
+The runs use one torch thread (CPU kernels may sum in another order with more threads, and
+the digests must not depend on the machine's core count). A difference means a change
+altered what a run computes: if that is intended (a new
 default, a fixed bug), say so in the commit and record the new digests with
 
     DRENCODER_RECORD_GOLDEN=1 python -m pytest tests/federated/test_golden_runs.py
@@ -17,6 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from helpers import tiny_simulator
@@ -74,8 +77,16 @@ def _digest(run_dir: Path) -> dict[str, str]:
     return {"adapter": h.hexdigest(), "metrics": metrics}
 
 
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_seeded_run_is_bit_identical_to_the_recorded_one(tmp_path, case):
+def test_a_seeded_run_is_bit_identical_to_the_recorded_one(tmp_path, case, one_thread):
     sim = tiny_simulator(tmp_path / case, [*COMMON, *CASES[case]])
     sim.run()
     got = _digest(tmp_path / case)

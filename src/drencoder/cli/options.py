@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 
 from drencoder.config import PRESETS, RunConfig, load_config
-from drencoder.config.loading import is_device
+from drencoder.config.fields import is_device
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

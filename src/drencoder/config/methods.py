@@ -20,8 +20,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from drencoder.config.schema import Method
 from drencoder.lora.settings import SentBlocks
+from drencoder.mechanisms.options import ConfigEnum
+
+
+class Method(ConfigEnum):
+    """The five methods every comparison includes (docs/design.md §5)."""
+
+    FEDAVG_LORA = "fedavg-lora"
+    DP_FEDAVG_LORA = "dp-fedavg-lora"
+    FFA_LORA_DP = "ffa-lora-dp"
+    DP_RANDOM_PROJECTION = "dp-random-projection"
+    DR_ENCODER = "dr-encoder"
 
 
 class CodecKind(enum.StrEnum):

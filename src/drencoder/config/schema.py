@@ -10,6 +10,10 @@ from typing import Any
 from drencoder.codecs.autoencoder import Normalization
 from drencoder.codecs.training import DEFAULT_LR as AE_DEFAULT_LR
 from drencoder.codecs.training import DEFAULT_STEPS as AE_DEFAULT_STEPS
+from drencoder.config import rules
+from drencoder.config.fields import changed_keys, check_fields
+from drencoder.config.methods import Method
+from drencoder.config.options import Architecture, CodecBasis, ServerOptimizer, Task
 from drencoder.data.examples import LossOn
 from drencoder.data.partition import Partitioning
 from drencoder.lora.settings import LoraSettings
@@ -17,7 +21,6 @@ from drencoder.lora.training import TrainSettings
 from drencoder.mechanisms.options import (
     Aggregation,
     ClipPoint,
-    ConfigEnum,
     NoisePlacement,
     PrivacyUnit,
     RecordSpace,
@@ -27,48 +30,19 @@ from drencoder.prior.pooling import Pooling
 from drencoder.prior.release import StatisticsRelease
 
 
-class Method(ConfigEnum):
-    """The five methods every comparison includes (docs/design.md §5)."""
-
-    FEDAVG_LORA = "fedavg-lora"
-    DP_FEDAVG_LORA = "dp-fedavg-lora"
-    FFA_LORA_DP = "ffa-lora-dp"
-    DP_RANDOM_PROJECTION = "dp-random-projection"
-    DR_ENCODER = "dr-encoder"
-
-
-class Task(ConfigEnum):
-    SENTIMENT = "sentiment"
-    MMLU = "mmlu"
-
-
-class Architecture(ConfigEnum):
-    MLP = "mlp"
-    CONV = "conv"
-
-
-class CodecBasis(ConfigEnum):
-    """Where DR-Encoder's uplink codec comes from (docs/codecs.md, "Structured codecs").
-
-    ``autoencoder`` is the paper's method: an auto-encoder trained on samples of the
-    stage-1 random prior. The others are linear subspace codecs (orthonormal encoder,
-    transposed decoder) whose basis comes from privacy-free or accounted information.
-    """
-
-    AUTOENCODER = "autoencoder"
-    RANDOM = "random"
-    HISTORY = "history"
-    PROXY = "proxy"
-    SKETCH = "sketch"
-    ENERGY = "energy"
-
-
 def _help(text: str, **checks: Any) -> dict[str, Any]:
     return {"help": text, **checks}
 
 
+class _Section:
+    """A config section checks its own fields when built (in Python or by the loader)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     name: str = field(
         default="smollm2-135m",
         metadata=_help("Embedded model name (smollm2-135m, gemma3-270m) or a local HF folder."),
@@ -88,7 +62,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     task: Task = field(default=Task.SENTIMENT, metadata=_help("sentiment or mmlu."))
     partition: Partitioning = field(
         default=Partitioning.IID,
@@ -118,7 +92,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Section):
     questions: int = field(
         default=64, metadata=_help("Fixed held-out questions scored (same set every time).", ge=1)
     )
@@ -139,7 +113,7 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(_Section):
     scheme: Sampling = field(
         default=Sampling.POISSON, metadata=_help("poisson (rate q) or fixed (K per round).")
     )
@@ -151,16 +125,8 @@ class SamplingConfig:
     )
 
 
-class ServerOptimizer(ConfigEnum):
-    """How the server applies the decoded mean update (post-processing, no privacy cost)."""
-
-    SGD = "sgd"
-    MOMENTUM = "momentum"
-    ADAM = "adam"
-
-
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(_Section):
     lr: float = field(
         default=1.0, metadata=_help("Server learning rate applied to the decoded update.", gt=0)
     )
@@ -191,7 +157,7 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class PrivacyConfig:
+class PrivacyConfig(_Section):
     unit: PrivacyUnit = field(
         default=PrivacyUnit.CLIENT,
         metadata=_help(
@@ -277,7 +243,7 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
-class Stage1Config:
+class Stage1Config(_Section):
     warmup_steps: int | None = field(
         default=None,
         metadata=_help("Local warm-up steps per epoch; none = local.steps.", ge=1),
@@ -301,7 +267,7 @@ class Stage1Config:
 
 
 @dataclass(frozen=True)
-class CodecConfig:
+class CodecConfig(_Section):
     compression_ratio: float = field(
         default=1 / 64, metadata=_help("Latent size k = ratio x adapter dim.", gt=0, le=1)
     )
@@ -375,7 +341,7 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointConfig(_Section):
     every: int = field(default=1, metadata=_help("Checkpoint every N rounds.", ge=1))
 
 
@@ -400,6 +366,14 @@ class RunConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        """Check every field and every cross-field rule (:mod:`drencoder.config.rules`),
+        however the config was built; apply what the method fixes."""
+        check_fields(self)
+        for name, value in rules.normalized(self).items():
+            object.__setattr__(self, name, value)
+        rules.check(self, changed_keys(self))
 
 
 # Cross-device: many clients with a few examples each, Poisson sampling, central noise,
