@@ -7,7 +7,8 @@ Runs a cross-device preset (default ``demo``) at one target ε for every seed an
 - ``dr-encoder`` with each structured basis named in ``--bases`` (``codec.basis``), and
   with the paper's auto-encoder if ``autoencoder`` is among them;
 - ``dp-fedavg-lora+lr-scaled``: the strawman, the full update with the server learning
-  rate multiplied by k/d.
+  rate multiplied by k/d;
+- any arm given with ``--arm NAME:KEY=VALUE,KEY=VALUE`` (e.g. a basis with other settings).
 
 Each arm is an ordinary ``drencoder run`` with the arm's overrides (those of
 ``drencoder compare --variants``), in a fresh process with one torch thread, ``--jobs`` at
@@ -62,6 +63,14 @@ def main() -> None:
     parser.add_argument(
         "--arms", default=None, help="comma-separated subset of the arms to run (default: all)"
     )
+    parser.add_argument(
+        "--arm",
+        dest="more_arms",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="an extra arm: its name and its --set overrides (repeatable)",
+    )
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="runs/codec-comparison")
@@ -74,6 +83,11 @@ def main() -> None:
     info = machine()
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = arms(args.preset, [b for b in args.bases.split(",") if b])
+    for text in args.more_arms:
+        name, _, sets = text.partition(":")
+        if not name or not sets:
+            parser.error(f"--arm takes NAME:KEY=VALUE,..., got {text!r}")
+        grid[name] = sets.split(",")
     if args.arms:
         wanted = args.arms.split(",")
         unknown = sorted(set(wanted) - set(grid))

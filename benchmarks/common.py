@@ -62,8 +62,11 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 
-def sig(x: float, digits: int = 3) -> float:
-    """``x`` rounded to ``digits`` significant digits (ratios span several decades)."""
+def sig(x: float, digits: int = 3) -> float | None:
+    """``x`` rounded to ``digits`` significant digits (ratios span several decades); None for
+    NaN (a standard error over one seed), which JSON cannot hold."""
+    if x != x:
+        return None
     return float(f"{x:.{digits}g}")
 
 
