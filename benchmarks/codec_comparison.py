@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import machine, sig, write
-from cross_device_utility import mean_se, run
+from cross_device_utility import accuracy_summary, add_run_arguments, run
 
 from drencoder.compare.plan import variant_overrides
 from drencoder.config import load_config
@@ -56,8 +56,7 @@ def arms(preset: str, bases: list[str]) -> dict[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="demo")
-    parser.add_argument("--seeds", default="0,1,2")
+    add_run_arguments(parser, preset="demo", out="runs/codec-comparison")
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--bases", default="proxy,history")
     parser.add_argument(
@@ -70,14 +69,6 @@ def main() -> None:
         default=[],
         metavar="NAME:KEY=VALUE,...",
         help="an extra arm: its name and its --set overrides (repeatable)",
-    )
-    parser.add_argument("--set", dest="extra", action="append", default=[])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="runs/codec-comparison")
-    parser.add_argument(
-        "--finished-only",
-        action="store_true",
-        help="start nothing: summarise the runs that already finished",
     )
     args = parser.parse_args()
     info = machine()
@@ -120,21 +111,12 @@ def main() -> None:
         mine = [r for r in rows if r["arm"] == name]
         if not mine:
             continue
-        acc, acc_se = mean_se([r["final_accuracy"] for r in mine])
-        gain, gain_se = mean_se([r["gain"] for r in mine])
         entry = {
             "arm": name,
-            "seeds": len(mine),
             "codec": mine[0]["codec"],
             "bytes_per_upload": mine[0]["bytes_per_upload"],
             "share_of_full_bytes": sig(mine[0]["bytes_per_upload"] / mine[0]["full_bytes"], 4),
-            "base_accuracy": mine[0]["base_accuracy"],
-            "final_accuracy_mean": sig(acc, 4),
-            "final_accuracy_se": sig(acc_se, 3),
-            "gain_mean": sig(gain, 4),
-            "gain_se_over_seeds": sig(gain_se, 3),
-            "per_seed_final_accuracy": [r["final_accuracy"] for r in mine],
-            "runs_better_than_base_by_2se": sum(r["better_than_base"] for r in mine),
+            **accuracy_summary(mine),
             "pld_epsilon_max": sig(max(r["epsilon"]["pld"] for r in mine), 4),
             "noise_multiplier": sig(mine[0]["noise_multiplier"], 4),
         }

@@ -99,19 +99,40 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, se
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="demo")
+def add_run_arguments(parser: argparse.ArgumentParser, *, preset: str, out: str) -> None:
+    """The arguments every over-seeds utility benchmark takes."""
+    parser.add_argument("--preset", default=preset)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epsilons", default="8,2,1")
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="runs/cross-device-utility")
+    parser.add_argument("--out", default=out)
     parser.add_argument(
         "--finished-only",
         action="store_true",
         help="start nothing: summarise the runs that already finished",
     )
+
+
+def accuracy_summary(mine: list[dict]) -> dict:
+    """Mean ± standard error over seeds of the final accuracy and of the paired gain."""
+    acc, acc_se = mean_se([r["final_accuracy"] for r in mine])
+    gain, gain_se = mean_se([r["gain"] for r in mine])
+    return {
+        "seeds": len(mine),
+        "base_accuracy": mine[0]["base_accuracy"],
+        "final_accuracy_mean": sig(acc, 4),
+        "final_accuracy_se": sig(acc_se, 3),
+        "gain_mean": sig(gain, 4),
+        "gain_se_over_seeds": sig(gain_se, 3),
+        "per_seed_final_accuracy": [r["final_accuracy"] for r in mine],
+        "runs_better_than_base_by_2se": sum(r["better_than_base"] for r in mine),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser, preset="demo", out="runs/cross-device-utility")
+    parser.add_argument("--epsilons", default="8,2,1")
     args = parser.parse_args()
     info = machine()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -132,19 +153,12 @@ def main() -> None:
         mine = [r for r in rows if r["target_epsilon"] == e]
         if not mine:
             continue
-        acc, acc_se = mean_se([r["final_accuracy"] for r in mine])
-        gain, gain_se = mean_se([r["gain"] for r in mine])
+        gain = mean_se([r["gain"] for r in mine])[0]
         if e is None:
             nodp_gain = gain
         entry = {
             "setting": "fedavg-lora (no DP)" if e is None else f"dp-fedavg-lora, epsilon <= {e:g}",
-            "seeds": len(mine),
-            "base_accuracy": mine[0]["base_accuracy"],
-            "final_accuracy_mean": sig(acc, 4),
-            "final_accuracy_se": sig(acc_se, 3),
-            "gain_mean": sig(gain, 4),
-            "gain_se_over_seeds": sig(gain_se, 3),
-            "runs_better_than_base_by_2se": sum(r["better_than_base"] for r in mine),
+            **accuracy_summary(mine),
         }
         if e is not None:
             entry["pld_epsilon_max"] = sig(max(r["epsilon"]["pld"] for r in mine), 4)
