@@ -149,9 +149,10 @@ def run_stage1(
 ) -> Stage1Result:
     """Run stage 1 in one process: every client's release, then the auto-encoder.
 
-    The composition of :func:`stage1_tasks` (seeds from ``generator``),
-    :func:`release_client_statistics` for every client (release noise from
-    ``noise_generator``, default ``generator``) and :func:`train_codec` (``generator``).
+    The composition of :func:`~drencoder.federated.server.stage1.stage1_tasks` (seeds from
+    ``generator``), :func:`~drencoder.federated.client.stage1.release_client_statistics` for
+    every client (release noise from ``noise_generator``, default ``generator``) and
+    :func:`~drencoder.federated.server.stage1.train_codec` (``generator``).
     ``model`` carries the LoRA adapter (``attach_lora``); it is left at ``global_state``.
     ``layout`` is the uplink layout (``adapter_layout(model, sent=config.lora.sent)``).
 

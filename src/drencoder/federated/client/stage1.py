@@ -35,8 +35,8 @@ def collect_client_statistics(
 ) -> ClientStatistics:
     """One client's per-block, per-epoch statistics of its warm-up updates (not released).
 
-    See :func:`warmup_updates`; only the statistics leave this function, and the model's
-    adapter is back at ``global_state`` when it returns.
+    See :func:`~drencoder.lora.warmup_updates`; only the statistics leave this function,
+    and the model's adapter is back at ``global_state`` when it returns.
     """
     updates = warmup_updates(
         model,

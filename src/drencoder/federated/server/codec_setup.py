@@ -5,9 +5,10 @@ Identity and random projection need nothing from the clients. DR-Encoder's codec
 by ``codec.basis``:
 
 - ``autoencoder`` (the paper's method) runs stage 1 across the wire: the server draws the
-  clients' seeds (:func:`stage1_tasks`), the client pool returns each client's released
-  statistics, the server pools the ones that arrived and trains the auto-encoder
-  (:func:`train_codec`), charges the release and writes the ``stage1`` metrics row;
+  clients' seeds (:func:`~drencoder.federated.server.stage1.stage1_tasks`), the client pool
+  returns each client's released statistics, the server pools the ones that arrived and
+  trains the auto-encoder (:func:`~drencoder.federated.server.stage1.train_codec`), charges
+  the release and writes the ``stage1`` metrics row;
 - ``random``, ``history``, ``proxy``, ``sketch``, ``energy``: a
   :class:`~drencoder.codecs.SubspaceCodec` built by :mod:`drencoder.federated.server.structured`
   (``energy`` uses the same stage-1 statistics release, ``sketch`` a release of its own;

@@ -115,7 +115,7 @@ class Stage1Result:
     dp_event: dp_accounting.DpEvent
     """The statistics release, to be charged once to every client."""
     report: dict
-    """JSON-ready summary (see :func:`run_stage1`)."""
+    """JSON-ready summary (see :func:`~drencoder.federated.simulator.run_stage1`)."""
 
 
 def model_device(model) -> torch.device:
@@ -143,7 +143,7 @@ def train_codec(
 
     ``released`` holds what the clients that replied uploaded. ``statistics_norms`` (the
     clients' unreleased norms) is known only inside a simulation; it is reported when
-    given. See :func:`run_stage1` for the report's keys.
+    given. See :func:`~drencoder.federated.simulator.run_stage1` for the report's keys.
     """
     if not released:
         raise ConfigError(
