@@ -24,8 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 
+# One pytest worker per core (pytest-xdist), each with its share of the torch threads
+# (tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # A private federated fine-tune that learns (the demo preset): Gemma 3 270M, 1,000 clients
 # with 2 Chinese reviews each, about 100 per round with central noise, dp-fedavg-lora at
