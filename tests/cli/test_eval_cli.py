@@ -131,6 +131,6 @@ def test_missing_ceval_column_is_one_line(tiny_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["cpu", "cuda", "cuda:0", "cuda:12"])
 def test_device_argument_accepts_what_model_device_accepts(name):
-    from drencoder.cli.options import device
+    from drencoder.cli.argtypes import device
 
     assert device(name) == name

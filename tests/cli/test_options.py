@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from drencoder.cli import options
+from drencoder.cli import argtypes
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ from drencoder.cli import options
     ],
 )
 def test_number_accepts_values_in_range(kwargs, text, value):
-    assert options.number(**kwargs)(text) == value
+    assert argtypes.number(**kwargs)(text) == value
 
 
 @pytest.mark.parametrize(
@@ -36,20 +36,20 @@ def test_number_accepts_values_in_range(kwargs, text, value):
 )
 def test_number_refuses_values_out_of_range_and_says_the_range(kwargs, text, message):
     with pytest.raises(argparse.ArgumentTypeError) as info:
-        options.number(**kwargs)(text)
+        argtypes.number(**kwargs)(text)
     assert str(info.value) == message
 
 
 def test_number_lists_check_every_item():
-    assert options.number_list(lo=0, lo_open=True)("2, 8") == (2.0, 8.0)
-    assert options.number_list(lo=0, integer=True)("0,1,2") == (0, 1, 2)
+    assert argtypes.number_list(lo=0, lo_open=True)("2, 8") == (2.0, 8.0)
+    assert argtypes.number_list(lo=0, integer=True)("0,1,2") == (0, 1, 2)
     with pytest.raises(argparse.ArgumentTypeError, match=r"each in \(0, inf\)"):
-        options.number_list(lo=0, lo_open=True)("2,0")
+        argtypes.number_list(lo=0, lo_open=True)("2,0")
     with pytest.raises(argparse.ArgumentTypeError, match="expected integers like 0,1,2"):
-        options.number_list(lo=0, integer=True)("0,-1")
-    assert math.isclose(options.number_list(lo=0, lo_open=True)("1e-3")[0], 1e-3)
+        argtypes.number_list(lo=0, integer=True)("0,-1")
+    assert math.isclose(argtypes.number_list(lo=0, lo_open=True)("1e-3")[0], 1e-3)
 
 
 def test_names_split_on_commas_and_none_is_empty():
-    assert options.names("a, b,,c") == ("a", "b", "c")
-    assert options.names("none") == ()
+    assert argtypes.names("a, b,,c") == ("a", "b", "c")
+    assert argtypes.names("none") == ()

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from drencoder.cli import options
+from drencoder.cli import argtypes
 from drencoder.cli.options import add_config_arguments
 from drencoder.config import Method
 
@@ -44,27 +44,27 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="new audit directory")
     p.add_argument(
         "--methods",
-        type=options.names,
+        type=argtypes.names,
         default=ALL_METHODS,
         help="comma-separated methods (default: all five)",
     )
     p.add_argument(
         "--placements",
-        type=options.names,
+        type=argtypes.names,
         default=None,
         help="comma-separated noise placements to audit, local and/or central (default: "
         "the config's privacy.placement)",
     )
     p.add_argument(
         "--canaries",
-        type=options.number(lo=2, integer=True),
+        type=argtypes.number(lo=2, integer=True),
         default=DEFAULT_CANARIES,
         metavar="M",
         help="canary clients per run (default: %(default)s)",
     )
     p.add_argument(
         "--confidence",
-        type=options.number(lo=0, hi=1, lo_open=True),
+        type=argtypes.number(lo=0, hi=1, lo_open=True),
         default=DEFAULT_CONFIDENCE,
         help="confidence of the lower bound (default: %(default)s)",
     )

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from drencoder.cli import options
+from drencoder.cli import argtypes
 from drencoder.cli.options import add_config_arguments, config_from_arguments
 from drencoder.codecs import IdentityCodec, RandomProjectionCodec, SubspaceCodec, train_autoencoder
 from drencoder.codecs.bases import bases_from_vectors, random_bases
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--synthetic",
         metavar="N",
-        type=options.number(lo=1, integer=True),
+        type=argtypes.number(lo=1, integer=True),
         default=8,
         help="fresh prior samples measured (at least the number of real updates; default 8)",
     )
@@ -79,7 +79,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--rounds",
         metavar="N",
-        type=options.number(lo=1, integer=True),
+        type=argtypes.number(lo=1, integer=True),
         default=None,
         help="also follow N rounds of a non-private trajectory and report, per round, the "
         "energy each codec keeps of that round's real updates (docs/codecs.md)",
@@ -87,14 +87,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--per-round",
         metavar="M",
-        type=options.number(lo=1, integer=True),
+        type=argtypes.number(lo=1, integer=True),
         default=16,
         help="with --rounds: clients drawn per round (default 16)",
     )
     p.add_argument(
         "--aggregate-noise",
         metavar="STD",
-        type=options.number(lo=0),
+        type=argtypes.number(lo=0),
         default=0.0,
         help="with --rounds: std of Gaussian noise added to every latent coordinate of the "
         "mean the history codec is refreshed from (e.g. sigma*C/n of a central-noise run; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from drencoder.cli import options
+from drencoder.cli import argtypes
 from drencoder.cli.options import add_config_arguments
 from drencoder.errors import ConfigError
 
@@ -35,39 +35,39 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="comparison directory")
     p.add_argument(
         "--methods",
-        type=options.names,
+        type=argtypes.names,
         default=None,
         help="comma-separated methods (default: all five)",
     )
     p.add_argument(
         "--epsilons",
-        type=options.number_list(lo=0, lo_open=True),
+        type=argtypes.number_list(lo=0, lo_open=True),
         default=DEFAULT_EPSILONS,
         help="target epsilons (default: %(default)s)",
     )
     p.add_argument(
         "--seeds",
-        type=options.number_list(lo=0, integer=True),
+        type=argtypes.number_list(lo=0, integer=True),
         default=DEFAULT_SEEDS,
         help="seeds (default: %(default)s)",
     )
     p.add_argument(
         "--tasks",
-        type=options.names,
+        type=argtypes.names,
         default=DEFAULT_TASKS,
         help="extra tasks scored on each final adapter besides the training task: mmlu, "
         "ceval, sentiment, or none (default: %(default)s)",
     )
     p.add_argument(
         "--eval-limit",
-        type=options.number(lo=1, integer=True),
+        type=argtypes.number(lo=1, integer=True),
         default=200,
         metavar="N",
         help="questions per extra task (default: %(default)s)",
     )
     p.add_argument(
         "--shots",
-        type=options.number(lo=0, integer=True),
+        type=argtypes.number(lo=0, integer=True),
         default=None,
         help="few-shot exemplars for extra tasks",
     )
@@ -81,7 +81,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--variants",
-        type=options.names,
+        type=argtypes.names,
         default=(),
         help="extra arms METHOD+OPTION, comma-separated: dr-encoder+BASIS (a codec.basis) "
         "and dp-fedavg-lora+lr-scaled",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from drencoder.cli import options
-from drencoder.cli.options import device
+from drencoder.cli import argtypes
+from drencoder.cli.argtypes import device
 
 DESCRIPTION = """\
 Score a model on MMLU, C-Eval and/or Chinese review sentiment the lm-evaluation-harness
@@ -45,20 +45,20 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--shots",
-        type=options.number(lo=0, integer=True),
+        type=argtypes.number(lo=0, integer=True),
         metavar="N",
         help="few-shot exemplars for every task",
     )
     p.add_argument(
         "--limit",
-        type=options.number(lo=1, integer=True),
+        type=argtypes.number(lo=1, integer=True),
         metavar="N",
         help="score at most N questions per task",
     )
     p.add_argument("--ceval-dir", metavar="DIR", help="official C-Eval folder (val/, dev/)")
     p.add_argument(
         "--batch-size",
-        type=options.number(lo=1, integer=True),
+        type=argtypes.number(lo=1, integer=True),
         default=8,
         metavar="N",
         help="default: 8",

@@ -15,7 +15,7 @@ import dp_accounting
 from drencoder import accounting
 from drencoder.accounting.calibration import needs_clt
 from drencoder.accounting.gdp import GdpApproximationWarning
-from drencoder.cli import options
+from drencoder.cli import argtypes
 
 DESCRIPTION = """\
 Client-level privacy of T federated rounds, each a Gaussian mechanism with noise
@@ -53,34 +53,34 @@ def register(subparsers) -> None:
     which.add_argument(
         "--noise-multiplier",
         metavar="S",
-        type=options.number(lo=0, lo_open=True),
+        type=argtypes.number(lo=0, lo_open=True),
         help="noise std divided by the clip norm (sigma > 0)",
     )
     which.add_argument(
         "--target-epsilon",
         metavar="E",
-        type=options.number(lo=0, lo_open=True),
+        type=argtypes.number(lo=0, lo_open=True),
         help="calibrate: print the smallest sigma whose epsilon <= E",
     )
     p.add_argument(
         "--sample-rate",
         metavar="Q",
         required=True,
-        type=options.number(lo=0, hi=1, lo_open=True, hi_open=False),
+        type=argtypes.number(lo=0, hi=1, lo_open=True, hi_open=False),
         help="Poisson client sampling rate in (0, 1]; 1 = full participation",
     )
     p.add_argument(
         "--rounds",
         metavar="T",
         required=True,
-        type=options.number(lo=1, hi=math.inf, integer=True),
+        type=argtypes.number(lo=1, hi=math.inf, integer=True),
         help="number of rounds (integer >= 1)",
     )
     p.add_argument(
         "--delta",
         metavar="D",
         required=True,
-        type=options.number(lo=0, hi=1, lo_open=True, hi_open=True),
+        type=argtypes.number(lo=0, hi=1, lo_open=True, hi_open=True),
         help="target delta in (0, 1), e.g. 1e-5",
     )
     p.add_argument(

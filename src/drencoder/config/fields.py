@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any
 
+from drencoder.devices import is_device
 from drencoder.errors import ConfigError
 
 
@@ -80,13 +81,6 @@ def check_range(key: str, value: Any, meta: dict) -> None:
         )
     if meta.get("pattern") == "device" and not is_device(value):
         raise ConfigError(f"{key} must be cpu, cuda or cuda:N, got {value!r}")
-
-
-def is_device(value: object) -> bool:
-    """Whether ``value`` names a torch device drencoder runs on: cpu, cuda or cuda:N."""
-    return isinstance(value, str) and (
-        value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
-    )
 
 
 @functools.cache
