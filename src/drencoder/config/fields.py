@@ -21,6 +21,7 @@ from drencoder.errors import ConfigError
 
 
 def describe(tp: Any) -> str:
+    """What a value of type ``tp`` is, in words, for error messages."""
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in tp)
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
@@ -29,6 +30,9 @@ def describe(tp: Any) -> str:
 
 
 def coerce(key: str, tp: Any, value: Any, meta: dict) -> Any:
+    """``value`` as a ``tp`` (an enum from its string, an int as a float, a list as a tuple),
+    checked against the field's metadata ``meta``; a :class:`ConfigError` naming ``key``
+    otherwise."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
