@@ -113,7 +113,7 @@ _BASIS_KEYS = {
 }
 
 
-def _check_codec_basis(config, explicit: set[str]) -> None:
+def _check_codec_basis(config, changed: set[str]) -> None:
     """codec.basis is an option of dr-encoder; each basis's keys need that basis."""
     basis = config.codec.basis
     if basis is not CodecBasis.AUTOENCODER and not spec_for(config.method).takes_codec_basis:
@@ -122,12 +122,8 @@ def _check_codec_basis(config, explicit: set[str]) -> None:
             f"method {config.method.value!r} (whose codec is fixed); use method = "
             "'dr-encoder' or drop codec.basis"
         )
-    defaults = type(config.codec)()
     for key, bases in _BASIS_KEYS.items():
-        name = key.split(".")[1]
-        changed = getattr(config.codec, name) != getattr(defaults, name)
-        # A default value is accepted anywhere: a resolved config.toml lists every key.
-        if key in explicit and changed and basis not in bases:
+        if key in changed and basis not in bases:
             raise ConfigError(
                 f"{key} applies to codec.basis = {' or '.join(b.value for b in bases)}, got "
                 f"codec.basis = {basis.value!r}; drop {key} or change codec.basis"
@@ -151,14 +147,12 @@ _OPTIMIZER_KEYS = {
 }
 
 
-def _check_server_optimizer(config, explicit: set[str]) -> None:
-    """A server-optimizer key set explicitly must be one the chosen optimizer reads."""
-    chosen, defaults = config.server.optimizer, type(config.server)()
+def _check_server_optimizer(config, changed: set[str]) -> None:
+    """A server-optimizer key set (changed from its default) must be one the chosen
+    optimizer reads."""
+    chosen = config.server.optimizer
     for key, users in _OPTIMIZER_KEYS.items():
-        name = key.split(".")[1]
-        changed = getattr(config.server, name) != getattr(defaults, name)
-        # A default value is accepted anywhere: a resolved config.toml lists every key.
-        if key in explicit and changed and chosen not in users:
+        if key in changed and chosen not in users:
             raise ConfigError(
                 f"{key} has no effect with server.optimizer = {chosen.value!r} (it is read by "
                 f"{' and '.join(repr(u.value) for u in users)}): drop it or choose that "
@@ -171,17 +165,15 @@ def _expected_clients(config) -> float:
     return s.rate * config.clients if s.scheme is Sampling.POISSON else float(s.per_round)
 
 
-def _check_adaptive_clipping(config, explicit: set[str]) -> None:
+def _check_adaptive_clipping(config, changed: set[str]) -> None:
     """Adaptive clipping (privacy.clip_quantile) needs a clipped, centrally noised method
     and enough count noise; its other keys need it."""
     from drencoder.federated.adaptive_clipping import default_count_noise, update_noise_multiplier
 
-    p, defaults = config.privacy, type(config.privacy)()
+    p = config.privacy
     if p.clip_quantile is None:
         for key in ("privacy.clip_lr", "privacy.clip_count_noise"):
-            name = key.split(".")[1]
-            changed = getattr(p, name) != getattr(defaults, name)
-            if key in explicit and changed:
+            if key in changed:
                 raise ConfigError(
                     f"{key} has no effect without adaptive clipping: set "
                     "privacy.clip_quantile (e.g. 0.5) or drop it"
@@ -217,10 +209,10 @@ def _check_adaptive_clipping(config, explicit: set[str]) -> None:
             ) from None
 
 
-def _check_record_unit(config, explicit: set[str]) -> None:
+def _check_record_unit(config, changed: set[str]) -> None:
     """Record-level DP (privacy.unit = record) needs a DP method and replaces the
     client-level mechanism; its latent option needs a codec."""
-    p, defaults = config.privacy, type(config.privacy)()
+    p = config.privacy
     if p.unit is PrivacyUnit.CLIENT:
         if p.record_space is not RecordSpace.LORA:
             raise ConfigError(
@@ -249,8 +241,8 @@ def _check_record_unit(config, explicit: set[str]) -> None:
         ("clip_point", "the sent update is not clipped (DP-SGD clips every example)"),
         ("clip_quantile", "adaptive clipping adapts the client-level clip norm"),
     ):
-        value = getattr(p, key)
-        if value != getattr(defaults, key):
+        if f"privacy.{key}" in changed:
+            value = getattr(p, key)
             shown = value.value if isinstance(value, enum.Enum) else value
             raise ConfigError(
                 f"privacy.{key} = {shown!r} applies to client-level DP; with privacy.unit = "
