@@ -30,6 +30,8 @@ from pathlib import Path
 
 from common import machine, sig, write
 
+from drencoder.reporting.schema import load_metrics, rounds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,12 +55,11 @@ def run(out: Path, preset: str, seed: int, epsilon: float | None, extra: list[st
             stdout=subprocess.DEVNULL,
         )
     summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    done = rounds(load_metrics(out / "metrics.jsonl"))
     u = summary["utility"]
     privacy = summary["privacy"]
     config = summary.get("clients")
-    rounds = [r for r in rows if r["kind"] == "round"]
-    per_round = statistics.mean(len(r["sampled"]) for r in rounds) if rounds else 0.0
+    per_round = statistics.mean(len(r["sampled"]) for r in done) if done else 0.0
     row = {
         "seed": seed,
         "target_epsilon": epsilon,

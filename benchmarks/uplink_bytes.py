@@ -20,7 +20,6 @@ depend on its weights). ``--run-dir`` cross-checks against a finished run's metr
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from drencoder.federated.server.stage1 import make_autoencoder
 from drencoder.lora import adapter_layout, attach_lora
 from drencoder.models import load_model
 from drencoder.prior import BlockStatistics, PooledStatistics, PriorSampler
+from drencoder.reporting.schema import load_metrics, rounds, stage1
 
 
 def build_codec(kind: CodecKind, layout, codec_config):
@@ -61,23 +61,23 @@ def encoder_bytes(codec) -> int:
 def cross_check(run_dir: Path, rows: dict) -> dict:
     """Per-client bytes of a finished run, beside this script's numbers for its method."""
     method = load_config(run_dir / "config.toml").method.value
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rounds = [m for m in metrics if m.get("kind") == "round"]
+    metrics = load_metrics(run_dir / "metrics.jsonl")
+    done = rounds(metrics)
     out = {
         "run_method": method,
-        "rounds": len(rounds),
+        "rounds": len(done),
         "up_per_client_round": sorted(
-            {m["bytes_up"] // len(m["participants"]) for m in rounds if m["participants"]}
+            {m["bytes_up"] // len(m["participants"]) for m in done if m["participants"]}
         ),
         "down_per_client_round": sorted(
-            {m["bytes_down"] // len(m["participants"]) for m in rounds if m["participants"]}
+            {m["bytes_down"] // len(m["participants"]) for m in done if m["participants"]}
         ),
     }
-    stage1 = [m for m in metrics if m.get("kind") == "stage1"]
-    if stage1:
-        clients = stage1[0]["clients"]
-        out["stage1_up_per_client"] = stage1[0]["bytes_up"] // clients
-        out["stage1_down_per_client"] = stage1[0]["bytes_down"] // clients
+    first = stage1(metrics)
+    if first is not None:
+        clients = first["clients"]
+        out["stage1_up_per_client"] = first["bytes_up"] // clients
+        out["stage1_down_per_client"] = first["bytes_down"] // clients
     row = rows[method]
     out["agrees"] = (
         out["up_per_client_round"] == [row["up_per_round"]]

@@ -23,6 +23,7 @@ from drencoder.compare.plan import CompareSpec, PlannedRun, check_same_spec, pla
 from drencoder.compare.table import summarize_comparison
 from drencoder.config import dump_toml, load_config
 from drencoder.errors import CheckpointError
+from drencoder.reporting.schema import evals
 
 RECORD = "compare-record.json"
 BASE = "base.json"
@@ -178,8 +179,8 @@ def run_one(
     scores, eval_seconds = _score_tasks(
         sim.model, sim.tokenizer, spec, batch_size=cfg.data.batch_size, progress=progress
     )
-    evals = [r for r in sim.rows if r["kind"] == "eval"]
-    first, last = evals[0], evals[-1]
+    scored = evals(sim.rows)
+    first, last = scored[0], scored[-1]
     privacy, comm = summary["privacy"], summary["communication"]
     record = {
         "name": planned.name,

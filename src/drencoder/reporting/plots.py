@@ -10,11 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from drencoder.reporting.schema import MetricsRow, evals, rounds
+
 ACCOUNTANTS = ("gdp", "rdp", "pld")
-
-
-def _rounds(rows: Sequence[dict], kind: str) -> list[dict]:
-    return [r for r in rows if r.get("kind") == kind]
 
 
 def _legend(ax) -> None:
@@ -22,23 +20,26 @@ def _legend(ax) -> None:
         ax.legend()
 
 
-def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
+def plot_run(rows: Sequence[MetricsRow], out_dir: str | Path) -> dict[str, str]:
     """Write utility/loss, epsilon and bytes plots; returns ``{name: file name}``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rounds, evals = _rounds(rows, "round"), _rounds(rows, "eval")
+    done, scored = rounds(rows), evals(rows)
     files: dict[str, str] = {}
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if evals:
-        ax1.plot([r["round"] for r in evals], [r["accuracy"] for r in evals], "o-")
+    if scored:
+        ax1.plot([r["round"] for r in scored], [r["accuracy"] for r in scored], "o-")
     ax1.set(xlabel="round", ylabel="held-out accuracy", title="utility")
     ax1.grid(alpha=0.3)
     # Only the server's own held-out evaluation: the clients' training loss is raw data
     # that no epsilon covers, and a real server never receives it.
-    if evals:
+    if scored:
         ax2.plot(
-            [r["round"] for r in evals], [r["heldout_loss"] for r in evals], "s--", label="held-out"
+            [r["round"] for r in scored],
+            [r["heldout_loss"] for r in scored],
+            "s--",
+            label="held-out",
         )
     ax2.set(xlabel="round", ylabel="held-out loss", title="loss")
     _legend(ax2)
@@ -50,11 +51,11 @@ def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name in ACCOUNTANTS:
-        pts = [(r["round"], r["epsilon"][name]) for r in rounds if r.get("epsilon")]
+        pts = [(r["round"], r["epsilon"][name]) for r in done if r.get("epsilon")]
         if pts:
             ax.plot(*zip(*pts, strict=True), "o-", label=name)
     ax.set(xlabel="round", ylabel="epsilon (worst client)", title="privacy spent")
-    if not any(r.get("epsilon") for r in rounds):
+    if not any(r.get("epsilon") for r in done):
         ax.text(0.5, 0.5, "no noise: no DP guarantee", ha="center", transform=ax.transAxes)
     _legend(ax)
     ax.grid(alpha=0.3)
@@ -64,10 +65,10 @@ def plot_run(rows: Sequence[dict], out_dir: str | Path) -> dict[str, str]:
     files["epsilon"] = "epsilon.png"
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    if rounds:
-        xs = [r["round"] for r in rounds]
-        ax.bar([x - 0.2 for x in xs], [r["bytes_up"] for r in rounds], 0.4, label="uplink")
-        ax.bar([x + 0.2 for x in xs], [r["bytes_down"] for r in rounds], 0.4, label="downlink")
+    if done:
+        xs = [r["round"] for r in done]
+        ax.bar([x - 0.2 for x in xs], [r["bytes_up"] for r in done], 0.4, label="uplink")
+        ax.bar([x + 0.2 for x in xs], [r["bytes_down"] for r in done], 0.4, label="downlink")
         ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="bytes", title="communication per round")
     _legend(ax)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from drencoder.reporting.schema import MetricsRow, Summary, evals
+
 ACCOUNTANTS = ("gdp", "rdp", "pld")
 
 
@@ -23,23 +25,19 @@ def _fmt(x, digits: int = 4) -> str:
     return str(x)
 
 
-def _eval_rows(rows: Sequence[dict]) -> list[dict]:
-    return [r for r in rows if r.get("kind") == "eval"]
-
-
 def write_report(
     run_dir: str | Path,
     *,
-    summary: Mapping,
-    rows: Sequence[dict],
+    summary: Summary,
+    rows: Sequence[MetricsRow],
     plots: Mapping[str, str],
 ) -> Path:
     """Write ``report.md`` into ``run_dir`` and return its path."""
     run_dir = Path(run_dir)
     s = summary
-    evals = _eval_rows(rows)
-    before = evals[0] if evals else None
-    after = evals[-1] if len(evals) > 1 else None
+    scored = evals(rows)
+    before = scored[0] if scored else None
+    after = scored[-1] if len(scored) > 1 else None
     lines = [
         f"# drencoder run: `{s['method']}` on `{s['model']}`",
         "",

@@ -21,7 +21,6 @@ from drencoder.codecs import Codec, IdentityCodec, RandomProjectionCodec
 from drencoder.config import CodecBasis
 from drencoder.config.methods import CodecKind
 from drencoder.federated.seeds import derive_seed
-from drencoder.federated.server import rundir
 from drencoder.federated.server.stage1 import (
     release_statistics,
     stats_bytes,
@@ -29,6 +28,7 @@ from drencoder.federated.server.stage1 import (
 )
 from drencoder.federated.server.state import ServerState
 from drencoder.federated.server.structured import build_structured
+from drencoder.reporting.schema import NOT_COVERED
 
 _UNRELEASED = ("statistics_norms", "clipped_clients")
 
@@ -78,6 +78,6 @@ def _stage1(server: ServerState) -> Codec:
     if "statistics_norms" in result.report:
         # Known only inside a simulation (a real server never sees them): the
         # clients' unreleased statistics norms, for choosing stage1.clip_norm.
-        row[rundir.NOT_COVERED] = {k: result.report[k] for k in _UNRELEASED}
+        row[NOT_COVERED] = {k: result.report[k] for k in _UNRELEASED}
     server.append_row(row)
     return result.codec

@@ -91,6 +91,7 @@ from drencoder.lora import (
     set_adapter_state,
 )
 from drencoder.mechanisms import GaussianMechanism, PrivacyUnit
+from drencoder.reporting.schema import NOT_COVERED, EvalRow, MetricsRow, RoundRow, check_row
 
 log = logging.getLogger("drencoder")
 
@@ -167,7 +168,7 @@ class FederatedServer:
         self.sigma_source = "config"
         self.round = 0
         self.stop_reason = ""
-        self.rows: list[dict] = []
+        self.rows: list[MetricsRow] = []
         self.clients: ClientPool | None = None
 
     # -- set-up ------------------------------------------------------------------------
@@ -263,7 +264,9 @@ class FederatedServer:
 
     # -- metrics -----------------------------------------------------------------------
     def append_row(self, row: dict) -> None:
-        """Append ``row`` to ``metrics.jsonl`` (and to :attr:`rows`)."""
+        """Check ``row`` against its type (:mod:`drencoder.reporting.schema`) and append it
+        to ``metrics.jsonl`` and to :attr:`rows`."""
+        row = check_row(row)
         self.rows.append(row)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -276,7 +279,7 @@ class FederatedServer:
             warnings.simplefilter("ignore", accounting.GdpApproximationWarning)
             return self.ledger.epsilons()
 
-    def evaluate(self) -> dict:
+    def evaluate(self) -> EvalRow:
         """Score the global adapter on the fixed held-out set; append an ``eval`` row."""
         set_adapter_state(self.model, self.global_state)
         w, ev = self.workload, self.config.eval
@@ -304,7 +307,7 @@ class FederatedServer:
             epsilon=spent,
             delta=self.config.delta if spent is not None else None,
         )
-        row = {
+        row: EvalRow = {
             "kind": "eval",
             "round": self.round,
             "accuracy": mc.accuracy,
@@ -319,7 +322,7 @@ class FederatedServer:
                 "1" if p == it.answer else "0"
                 for p, it in zip(mc.predictions, w.eval_items, strict=True)
             ),
-            **{k: v for k, v in record.items() if k not in ("accuracy",)},
+            **{k: v for k, v in record.items() if k not in ("accuracy",)},  # type: ignore[typeddict-item]
         }
         if eps:
             row["relation"] = self.relation.value
@@ -481,7 +484,7 @@ class FederatedServer:
             eps = self.epsilons()
             if eps:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in eps.items()})
-        if not self.rows or self.rows[-1].get("kind") != "eval":
+        if not self.rows or self.rows[-1]["kind"] != "eval":
             self.evaluate()
         return self.finish()
 
@@ -626,7 +629,7 @@ class FederatedServer:
         replies: Mapping[int, ClientResult | BaseException],
         *,
         started: float | None = None,
-    ) -> dict:
+    ) -> RoundRow:
         """Aggregate what arrived, update the adapter; the metrics row. The round was
         charged when it was sent (:meth:`charge_round`)."""
         cfg, t = self.config, plan.round
@@ -659,7 +662,7 @@ class FederatedServer:
                 lr=cfg.privacy.clip_lr,
             )
         self.round = t
-        row = {
+        row: RoundRow = {
             "kind": "round",
             "round": t,
             "sampled": plan.sampled,
@@ -697,7 +700,7 @@ class FederatedServer:
             }
         diagnostics = rundir.mean_diagnostics([r.diagnostics for r in results])
         if diagnostics:
-            row[rundir.NOT_COVERED] = diagnostics
+            row[NOT_COVERED] = diagnostics
         self.append_row(row)
         every = cfg.eval.every
         if every and t % every == 0:

@@ -20,6 +20,7 @@ from pathlib import Path
 from drencoder.codecs.base import latent_dim_for
 from drencoder.errors import CheckpointError, ConfigError, StorageError
 from drencoder.federated.server.checkpoint import KEEP
+from drencoder.reporting.schema import Diagnostics, MetricsRow, RowError, check_row
 
 PROBE_BYTES = 4 * 2**20
 """Size of the probe file written (and deleted) by :func:`prepare_run_dir`."""
@@ -112,8 +113,9 @@ def check_free_space(path: str | os.PathLike, *, need_bytes: int) -> None:
         )
 
 
-def read_metrics(path: Path, expected: int) -> list[dict]:
-    """The first ``expected`` rows of ``metrics.jsonl``; ``CheckpointError`` if unreadable."""
+def read_metrics(path: Path, expected: int) -> list[MetricsRow]:
+    """The first ``expected`` rows of ``metrics.jsonl``, each checked against its type;
+    ``CheckpointError`` if unreadable."""
     lines = path.read_text().splitlines() if path.exists() else []
     if len(lines) < expected:
         raise CheckpointError(
@@ -129,7 +131,13 @@ def read_metrics(path: Path, expected: int) -> list[dict]:
         ) from None
     if not all(isinstance(r, dict) for r in rows):
         raise CheckpointError(f"{path} holds rows that are not JSON objects; start a new run")
-    return rows
+    try:
+        return [check_row(r) for r in rows]
+    except RowError as exc:
+        raise CheckpointError(
+            f"{path}: {exc}; it was written by another drencoder version or edited: resume "
+            "with the version that wrote it, or start a new run with --out"
+        ) from None
 
 
 def check_run_space(server) -> None:
@@ -173,16 +181,10 @@ def restore_model_state(server, ckpt) -> None:
     server.global_state = get_adapter_state(server.model)
 
 
-NOT_COVERED = "not_covered_by_epsilon"
-"""The metrics key under which a row keeps measurements of raw client data (training loss,
-pre-clip update norm, codec reconstruction of the real update, unreleased stage-1 norms).
-Only a simulation can compute them; no epsilon covers them, so they must not be shared as
-if they were private outputs."""
-
-
-def mean_diagnostics(diagnostics: list[dict]) -> dict:
-    """The mean over clients of each simulation-only diagnostic (see :data:`NOT_COVERED`)."""
-    out: dict = {}
+def mean_diagnostics(diagnostics: list[dict]) -> Diagnostics:
+    """The mean over clients of each simulation-only diagnostic (see
+    :data:`~drencoder.reporting.schema.NOT_COVERED`)."""
+    out: Diagnostics = {}
     losses = [d["train_loss"] for d in diagnostics if "train_loss" in d]
     if losses:
         out["train_loss"] = sum(losses) / len(losses)

@@ -26,6 +26,7 @@ from drencoder.federated.record import RecordDpSgd
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
 from drencoder.prior import StatisticsRelease
+from drencoder.reporting.schema import MetricsRow
 
 
 class ServerState(Protocol):
@@ -60,7 +61,7 @@ class ServerState(Protocol):
     sigma_source: str
     round: int
     stop_reason: str
-    rows: list[dict]
+    rows: list[MetricsRow]
 
     @property
     def record_level(self) -> bool: ...

@@ -13,9 +13,22 @@ import torch
 
 from drencoder import __version__
 from drencoder.federated.record import per_client_epsilon
-from drencoder.federated.server import budget, rundir
+from drencoder.federated.server import budget
 from drencoder.federated.server.state import ServerState
 from drencoder.reporting import plot_run, write_report
+from drencoder.reporting.schema import (
+    NOT_COVERED,
+    MetricsRow,
+    NoiseOnMean,
+    PrivacySummary,
+    RecordPrivacy,
+    Summary,
+    UtilitySummary,
+    check_summary,
+    evals,
+    rounds,
+    stage1,
+)
 
 REPRODUCIBLE_NOISE_WARNING = (
     "privacy.reproducible_noise = true: the noise and the Poisson participation were drawn "
@@ -60,7 +73,7 @@ def not_covered(relation: str) -> list[str]:
     out = [
         "checkpoints/: the exact global adapters and the generator states that drew the noise "
         "(secret run state)",
-        f"the '{rundir.NOT_COVERED}' fields of metrics.jsonl and summary.json: measured on raw "
+        f"the '{NOT_COVERED}' fields of metrics.jsonl and summary.json: measured on raw "
         "client data inside a simulation",
     ]
     if relation == "add-remove":
@@ -74,7 +87,7 @@ def not_covered(relation: str) -> list[str]:
     return out
 
 
-def noise_on_mean(cfg, sigma: float | None) -> dict | None:
+def noise_on_mean(cfg, sigma: float | None) -> NoiseOnMean | None:
     """The expected cohort n and the per-coordinate noise std on the averaged update:
     σ·C/n with central noise (added once to the sum), σ·C/√n with local noise."""
     if sigma is None:
@@ -89,62 +102,56 @@ def noise_on_mean(cfg, sigma: float | None) -> dict | None:
     }
 
 
-def record_section(sim: ServerState, eps: dict | None) -> dict:
-    """summary.json's record-level fields: the worst client's per-record ε and each
-    client's own, and what DP-SGD ran; the client-level fields that do not apply are
-    None."""
+def record_section(sim: ServerState, eps: dict | None) -> RecordPrivacy:
+    """summary.json's record-level fields (``privacy.record``): the worst client's
+    per-record ε and each client's own, and what DP-SGD ran."""
     cfg = sim.config
     record = sim.record_dp_sgd
     counts = sim.example_counts
     worst = (eps or {}).get(cfg.privacy.accountant)
     per_client = per_client_epsilon(sim.ledger, cfg.clients, cfg.privacy.accountant)
     declared: dict[str, float] = {}
-    for row in sim.rows:
+    for row in rounds(sim.rows):
         declared.update(row.get("declared_record_epsilon", {}))
     return {
-        "placement": None,
-        "clip_point": None,
-        "noise_on_mean": None,
-        "record": {
-            "epsilon_worst_client": worst,
-            "epsilon_per_client": per_client,
-            # Flower: what each node declared its own record ledger stands at (its PLD ε,
-            # at its own delta), last declaration per client; {} in the simulator.
-            "declared_epsilon_per_client": dict(
-                sorted(declared.items(), key=lambda kv: int(kv[0]))
-            ),
-            "declared_epsilon_worst_client": max(declared.values()) if declared else None,
-            "accountant": cfg.privacy.accountant,
-            "dp_sgd": None if record is None else record.to_json(),
-            "sample_rate_per_client": [
-                None if record is None else record.sample_rate(n) for n in counts
-            ],
-            "space": cfg.privacy.record_space.value,
-            "statement": (
-                f"record-level DP: every client ran DP-SGD on its own examples (Poisson "
-                f"sampling at q = batch / examples, each example's gradient clipped to "
-                f"C = {cfg.privacy.clip_norm:g} in the {cfg.privacy.record_space.value} space, "
-                f"noise multiplier {sim.noise_multiplier:g} per step); the worst client's "
-                f"per-record epsilon is "
-                + ("n/a" if worst is None else f"{worst:.3g}")
-                + f" at delta {cfg.delta:g} ({cfg.privacy.accountant}, {sim.relation.value} of "
-                "one example)"
-            ),
-        },
+        "epsilon_worst_client": worst,
+        "epsilon_per_client": per_client,
+        # Flower: what each node declared its own record ledger stands at (its PLD ε,
+        # at its own delta), last declaration per client; {} in the simulator.
+        "declared_epsilon_per_client": dict(sorted(declared.items(), key=lambda kv: int(kv[0]))),
+        "declared_epsilon_worst_client": max(declared.values()) if declared else None,
+        "accountant": cfg.privacy.accountant,
+        "dp_sgd": None if record is None else record.to_json(),
+        "sample_rate_per_client": [
+            None if record is None else record.sample_rate(n) for n in counts
+        ],
+        "space": cfg.privacy.record_space.value,
+        "statement": (
+            f"record-level DP: every client ran DP-SGD on its own examples (Poisson "
+            f"sampling at q = batch / examples, each example's gradient clipped to "
+            f"C = {cfg.privacy.clip_norm:g} in the {cfg.privacy.record_space.value} space, "
+            f"noise multiplier {sim.noise_multiplier:g} per step); the worst client's "
+            f"per-record epsilon is "
+            + ("n/a" if worst is None else f"{worst:.3g}")
+            + f" at delta {cfg.delta:g} ({cfg.privacy.accountant}, {sim.relation.value} of "
+            "one example)"
+        ),
     }
 
 
-def utility(rows: list[dict], *, method: str, epsilon: float | None, delta: float) -> dict | None:
+def utility(
+    rows: list[MetricsRow], *, method: str, epsilon: float | None, delta: float
+) -> UtilitySummary | None:
     """The final model against the base model on the same held-out questions.
 
     The first and last ``eval`` rows (before any training, and the final adapter) are
     compared question by question: the difference of accuracies with the standard error
     of the mean paired difference, and whether it exceeds twice that error.
     """
-    evals = [r for r in rows if r.get("kind") == "eval" and r.get("correct")]
-    if len(evals) < 2 or evals[0]["round"] != 0 or evals[-1]["round"] == 0:
+    scored = evals(rows)
+    if len(scored) < 2 or scored[0]["round"] != 0 or scored[-1]["round"] == 0:
         return None
-    before, after = evals[0]["correct"], evals[-1]["correct"]
+    before, after = scored[0]["correct"], scored[-1]["correct"]
     if len(before) != len(after) or len(before) < 2:
         return None
     d = [int(b) - int(a) for a, b in zip(before, after, strict=True)]
@@ -173,18 +180,17 @@ def utility(rows: list[dict], *, method: str, epsilon: float | None, delta: floa
     }
 
 
-def summarize(sim: ServerState) -> dict:
+def summarize(sim: ServerState) -> Summary:
     cfg, rows = sim.config, sim.rows
-    rounds = [r for r in rows if r["kind"] == "round"]
-    stage1 = next((r for r in rows if r["kind"] == "stage1"), None)
+    done = rounds(rows)
     eps = sim.epsilons()
     recon = [
-        r[rundir.NOT_COVERED]["reconstruction"]
-        for r in rounds
-        if "reconstruction" in r.get(rundir.NOT_COVERED, {})
+        r[NOT_COVERED]["reconstruction"]
+        for r in done
+        if NOT_COVERED in r and "reconstruction" in r[NOT_COVERED]
     ]
     full_bytes = sim.layout.dim * 4
-    privacy = {"private": sim.spec.private}
+    privacy: PrivacySummary = {"private": sim.spec.private}
     if sim.spec.private:
         privacy.update(
             {
@@ -209,13 +215,15 @@ def summarize(sim: ServerState) -> dict:
                 "target_epsilon": cfg.target_epsilon,
                 "accountant": cfg.privacy.accountant,
                 "charges": sim.ledger.charges(),
-                "participation": sim.ledger.participation(),
+                "participation": {str(c): n for c, n in sim.ledger.participation().items()},
                 "gdp_clt": sim.ledger.uses_clt(),
             }
         )
         privacy["unit"] = cfg.privacy.unit.value
         if sim.record_level:
-            privacy.update(record_section(sim, eps))
+            # The client-level fields do not apply.
+            privacy.update({"placement": None, "clip_point": None, "noise_on_mean": None})
+            privacy["record"] = record_section(sim, eps)
         if sim.count_noise is not None:
             privacy["adaptive_clipping"] = {
                 "target_quantile": cfg.privacy.clip_quantile,
@@ -227,14 +235,14 @@ def summarize(sim: ServerState) -> dict:
                 "note": "noise_multiplier is the effective multiplier of each round's update "
                 "and count release together, (z_update^-2 + (2 sigma_b)^-2)^-1/2",
             }
-        if stage1 is not None:
+        if stage1(rows) is not None:
             privacy["statistics"] = (
                 f"Gaussian, noise multiplier {cfg.stage1.noise_multiplier:g}, clip "
                 f"{cfg.stage1.clip_norm:g}, charged once to every client"
                 if cfg.stage1.release_noise
                 else "released WITHOUT noise: no finite epsilon"
             )
-    return {
+    summary: Summary = {
         "method": cfg.method.value,
         "model": cfg.model.name,
         "task": cfg.data.task.value,
@@ -256,10 +264,10 @@ def summarize(sim: ServerState) -> dict:
             "bytes_per_upload": sim.codec.bytes_per_upload,
             "full_dim": sim.layout.dim,
             "full_bytes": full_bytes,
-            "total_up": sum(r["bytes_up"] for r in rows if "bytes_up" in r),
-            "total_down": sum(r["bytes_down"] for r in rows if "bytes_down" in r),
+            "total_up": sum(r.get("bytes_up", 0) for r in rows),
+            "total_down": sum(r.get("bytes_down", 0) for r in rows),
         },
-        rundir.NOT_COVERED: {
+        NOT_COVERED: {
             "note": "measured on raw client data inside a simulation; no epsilon covers "
             "these numbers",
             # Each client's dataset size is part of its data under replace-one.
@@ -279,15 +287,16 @@ def summarize(sim: ServerState) -> dict:
             "drencoder": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "seconds in rounds": round(sum(r["seconds"] for r in rounds), 1),
+            "seconds in rounds": round(sum(r["seconds"] for r in done), 1),
             # Work a repeat call does not redo: converting the model into the cache folder
             # (inside loading it) and computing prefix states that were not cached yet.
             "one-time work": sim.one_time_work(),
         },
     }
+    return check_summary(summary)
 
 
-def write_outputs(sim: ServerState) -> dict:
+def write_outputs(sim: ServerState) -> Summary:
     run_dir = sim.run_dir
     sim.model.save_pretrained(run_dir / "adapter")
     summary = summarize(sim)
