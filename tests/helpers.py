@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import copy
 import string
+from pathlib import Path
 
 import torch
 
@@ -38,27 +40,41 @@ def make_tiny_tokenizer():
     )
 
 
-def make_tiny_llama(seed: int = 0, *, vocab_size: int = len(TINY_VOCAB)):
-    """A 2-layer Llama with random weights: same module names as SmolLM2 (q/k/v/o_proj)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+_TINY_LLAMAS: dict[tuple[int, int], tuple[torch.nn.Module, torch.Tensor]] = {}
+"""Each tiny model built in this test process, with torch's global RNG state right after."""
 
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    torch.manual_seed(seed)  # weights of a test model only; library code never seeds globally
-    model = LlamaForCausalLM(config)
-    model.eval()
-    return model
+
+def make_tiny_llama(seed: int = 0, *, vocab_size: int = len(TINY_VOCAB)):
+    """A 2-layer Llama with random weights: same module names as SmolLM2 (q/k/v/o_proj).
+
+    Built once per (seed, vocab size) and test process; each call returns a fresh copy and
+    leaves torch's global RNG where building the model leaves it (tests may draw from it
+    next), so every call behaves exactly like a fresh build.
+    """
+    key = (seed, vocab_size)
+    if key not in _TINY_LLAMAS:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+        torch.manual_seed(seed)  # weights of a test model only; library code never seeds globally
+        model = LlamaForCausalLM(config)
+        model.eval()
+        _TINY_LLAMAS[key] = (model, torch.get_rng_state())
+    model, rng_state = _TINY_LLAMAS[key]
+    torch.set_rng_state(rng_state)
+    return copy.deepcopy(model)
 
 
 def tiny_simulator(run_dir, overrides, *, hook=None):
@@ -107,3 +123,10 @@ def tiny_sentiment_items(uid_prefix: str, subject: str = "sentiment"):
         )
         for i, (q, a) in enumerate(TINY_REVIEWS)
     ]
+
+
+def metrics_rows(run_dir):
+    """Every row of a run directory's ``metrics.jsonl``, each checked against its type."""
+    from drencoder.reporting.schema import load_metrics
+
+    return load_metrics(Path(run_dir) / "metrics.jsonl")

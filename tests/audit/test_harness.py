@@ -20,6 +20,7 @@ from drencoder.config import load_config
 from drencoder.errors import ConfigError
 from drencoder.federated.server import aggregation as server_mod
 from drencoder.mechanisms import Aggregation, GaussianMechanism
+from drencoder.reporting import schema
 from helpers import make_tiny_llama, make_tiny_tokenizer, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings(
@@ -136,8 +137,8 @@ def test_canaries_are_charged_like_clients(tmp_path):
     sim.run()
     assert sim.ledger.participation() == {c: 2 for c in range(2 + CANARIES)}  # local: replace-one
     assert sim.canary_epsilon() == pytest.approx(sim.ledger.epsilon("pld"), rel=1e-9)
-    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    rounds = [r for r in rows if r["kind"] == "round"]
+    rows = schema.load_metrics(tmp_path / "r" / "metrics.jsonl")
+    rounds = schema.rounds(rows)
     assert all(len(r["participants"]) == 2 + CANARIES for r in rounds)  # "out" canaries send -Cu
 
 

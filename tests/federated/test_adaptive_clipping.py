@@ -17,6 +17,7 @@ from drencoder.federated.client import runtime as runtime_mod
 from drencoder.federated.client.update import make_reply
 from drencoder.federated.server import budget
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
+from drencoder.reporting import schema
 from helpers import tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
@@ -156,7 +157,7 @@ def test_a_run_moves_c_and_charges_the_effective_multiplier(tmp_path, monkeypatc
         ],
     )
     summary = sim.run()
-    rounds = [r for r in sim.rows if r["kind"] == "round"]
+    rounds = schema.rounds(sim.rows)
     assert len(rounds) == 3
     norms = [r["clip_norm"] for r in rounds]
     assert norms[0] == 0.05 and len(set(norms)) == 3  # C moved every round

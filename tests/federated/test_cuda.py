@@ -3,7 +3,6 @@ same computation as on the CPU up to floating-point differences. Skipped without
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from drencoder.config import load_config
 from drencoder.federated.simulator import Simulator
+from drencoder.reporting import schema
 from helpers import make_tiny_llama, make_tiny_tokenizer
 
 pytestmark = [
@@ -45,8 +45,8 @@ def test_every_method_runs_on_cuda(tmp_path, method):
     state = sim.global_state
     assert all(torch.isfinite(v).all() for v in state.values())
     assert any(float(v.abs().sum()) > 0 for k, v in state.items() if "lora_B" in k)
-    rows = [json.loads(x) for x in (sim.run_dir / "metrics.jsonl").read_text().splitlines()]
-    rounds = [r for r in rows if r["kind"] == "round"]
+    rows = schema.load_metrics(sim.run_dir / "metrics.jsonl")
+    rounds = schema.rounds(rows)
     assert all(math.isfinite(r["not_covered_by_epsilon"]["train_loss"]) for r in rounds)
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from drencoder.cli.main import main
+from drencoder.reporting import schema
 
 
 @pytest.mark.slow
@@ -16,10 +17,10 @@ def test_smoke_preset_runs_the_embedded_default(tmp_path, capsys, torch_threads)
     assert main(["run", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "report.md" in printed and "epsilon:" in printed
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = schema.load_metrics(out / "metrics.jsonl")
     kinds = [r["kind"] for r in rows]
     assert kinds.count("round") == 2 and kinds.count("stage1") == 1
-    last = [r for r in rows if r["kind"] == "round"][-1]
+    last = schema.rounds(rows)[-1]
     assert last["epsilon"]["pld"] <= 8.0
     raw = [r["not_covered_by_epsilon"] for r in rows if r["kind"] == "round"]
     assert all(d["train_loss"] == d["train_loss"] for d in raw)  # not NaN

@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from drencoder.reporting import schema
 from helpers import tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
@@ -71,7 +72,7 @@ def _digest(run_dir: Path) -> dict[str, str]:
     for name in sorted(adapter):
         h.update(name.encode())
         h.update(adapter[name].contiguous().view(-1).numpy().tobytes())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = schema.load_metrics(run_dir / "metrics.jsonl")
     kept = [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
     metrics = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
     return {"adapter": h.hexdigest(), "metrics": metrics}

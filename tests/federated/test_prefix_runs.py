@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from drencoder.federated.server.summary import utility
 from drencoder.lora import PrefixCachedLM
+from drencoder.reporting import schema
 from helpers import tiny_simulator
 
 
@@ -51,8 +50,8 @@ def test_cached_and_uncached_runs_agree(tmp_path):
 
 def test_the_utility_comparison_is_paired_and_says_when_it_is_not_better(tmp_path):
     _, summary = _run(tmp_path, "run", "memory")
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if r["kind"] == "eval"]
+    rows = schema.load_metrics(tmp_path / "run" / "metrics.jsonl")
+    evals = schema.evals(rows)
     assert evals[0]["round"] == 0 and evals[-1]["round"] == summary["rounds_done"]
     assert len(evals[0]["correct"]) == evals[0]["questions"]
     u = summary["utility"]

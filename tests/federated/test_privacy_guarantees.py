@@ -25,6 +25,7 @@ from drencoder.federated.client import runtime as runtime_mod
 from drencoder.federated.seeds import DP_STREAMS, derive_seed
 from drencoder.federated.server.charges import read_pending
 from drencoder.federated.server.checkpoint import load_checkpoint
+from drencoder.reporting import schema
 from helpers import resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
@@ -260,9 +261,9 @@ def test_local_noise_is_charged_under_replace_one(tmp_path):
     )
     assert summary["privacy"]["relation"] == "replace-one"
     assert summary["privacy"]["epsilon"]["pld"] == pytest.approx(expected, rel=1e-6)
-    rounds = [r for r in sim.rows if r["kind"] == "round"]
+    rounds = schema.rounds(sim.rows)
     assert all(r["relation"] == "replace-one" for r in rounds)
-    evals = [r for r in sim.rows if r["kind"] == "eval"]
+    evals = schema.evals(sim.rows)
     assert evals[-1]["relation"] == "replace-one"
 
 
@@ -306,7 +307,7 @@ def test_client_failures_are_fixed_codes_in_every_output(tmp_path):
     sim = make(tmp_path, "method=dp-fedavg-lora", hook=fail)
     with pytest.warns(UserWarning):
         sim.run()
-    rounds = [r for r in sim.rows if r["kind"] == "round"]
+    rounds = schema.rounds(sim.rows)
     assert rounds[0]["failed"] == {"1": "client-error"}
     for name in ("metrics.jsonl", "summary.json", "report.md"):
         assert secret not in (sim.run_dir / name).read_text(), name
@@ -348,5 +349,5 @@ def test_an_un_noised_statistics_release_is_reported_as_no_guarantee(tmp_path):
     )
     summary = sim.run()
     assert summary["privacy"]["epsilon"]["pld"] == float("inf")
-    last_eval = [r for r in sim.rows if r["kind"] == "eval"][-1]
+    last_eval = schema.evals(sim.rows)[-1]
     assert last_eval["epsilon"] is None and last_eval["relation"] == "replace-one"

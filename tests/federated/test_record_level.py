@@ -3,8 +3,6 @@ budget stop per client, the latent option, and the config's refusals."""
 
 from __future__ import annotations
 
-import json
-
 import dp_accounting
 import pytest
 import torch
@@ -13,7 +11,8 @@ from drencoder.config import load_config
 from drencoder.errors import ConfigError
 from drencoder.federated.record import RecordDpSgd, planned_event, round_charges
 from drencoder.federated.server import budget
-from helpers import tiny_simulator
+from drencoder.reporting import schema
+from helpers import metrics_rows, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -27,10 +26,6 @@ BASE = [
     "privacy.unit=record",
     "data.batch_size=2",
 ]
-
-
-def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def pld_epsilon(event, delta=1e-5):
@@ -80,7 +75,7 @@ def test_record_level_runs_charge_each_client_its_own_dp_sgd_steps(tmp_path, met
     else:  # plus the stage-1 release, charged to every client
         assert p["record"]["epsilon_worst_client"] > want
     assert p["record"]["epsilon_worst_client"] == p["epsilon"]["pld"]
-    metric_rows = [r for r in rows(sim.run_dir) if r["kind"] == "round"]
+    metric_rows = schema.rounds(metrics_rows(sim.run_dir))
     assert all(r["unit"] == "record" for r in metric_rows)
     assert p["charges"]["round"] == 2  # one entry per round (equal example counts)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from peft import PeftModel
@@ -11,7 +9,8 @@ from safetensors.torch import load_file
 
 from drencoder.federated import seeds
 from drencoder.federated.client import runtime as runtime_mod
-from helpers import make_tiny_llama, resume_tiny_simulator, tiny_simulator
+from drencoder.reporting import schema
+from helpers import make_tiny_llama, metrics_rows, resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -20,10 +19,6 @@ BASE = ["rounds=3", "clients=3", "local.lr=0.01", "eval.questions=4", "eval.ever
 
 def make(tmp_path, *overrides, name="run", hook=None):
     return tiny_simulator(tmp_path / name, [*BASE, *overrides], hook=hook)
-
-
-def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize(
@@ -45,14 +40,14 @@ def test_every_method_runs_and_writes_the_run_directory(tmp_path, method):
         "adapter/adapter_model.safetensors",
     ):
         assert (run / name).exists(), name
-    metrics = rows(run)
-    rounds = [r for r in metrics if r["kind"] == "round"]
+    metrics = metrics_rows(run)
+    rounds = schema.rounds(metrics)
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for r in rounds:
         assert {"epsilon", "bytes_up", "bytes_down", "seconds"} <= set(r)
         # Training loss is raw client data: only in the simulation-only section.
         assert "loss" not in r and "train_loss" in r["not_covered_by_epsilon"]
-    evals = [r for r in metrics if r["kind"] == "eval"]
+    evals = schema.evals(metrics)
     assert [e["round"] for e in evals] == [0, 3]
     if method == "fedavg-lora":
         assert summary["privacy"] == {"private": False}
@@ -131,7 +126,7 @@ def test_resume_after_a_kill_mid_round_is_bit_identical(tmp_path, method):
     def strip(rs):
         return [{k: v for k, v in r.items() if "seconds" not in k and k != "epsilon"} for r in rs]
 
-    assert strip(rows(tmp_path / "broken")) == strip(rows(tmp_path / "full"))
+    assert strip(metrics_rows(tmp_path / "broken")) == strip(metrics_rows(tmp_path / "full"))
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path):

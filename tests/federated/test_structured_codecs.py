@@ -3,8 +3,6 @@ charges, that the history subspace is refreshed for free, resume, and config err
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,7 +10,8 @@ from safetensors.torch import load_file
 from drencoder.codecs import SubspaceCodec, latent_dim_for
 from drencoder.config import load_config
 from drencoder.errors import ConfigError
-from helpers import resume_tiny_simulator, tiny_simulator
+from drencoder.reporting import schema
+from helpers import metrics_rows, resume_tiny_simulator, tiny_simulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -22,10 +21,6 @@ FIXED = ["privacy.noise_multiplier=3.0", "target_epsilon=none"]
 
 def make(tmp_path, *overrides, name="run", hook=None):
     return tiny_simulator(tmp_path / name, [*BASE, *overrides], hook=hook)
-
-
-def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("basis", ["random", "history", "proxy", "sketch", "energy"])
@@ -41,8 +36,8 @@ def test_every_basis_runs_at_the_latent_size_of_the_ratio(tmp_path, basis):
     one_off = [e.kind for e in sim.ledger.entries if e.kind != "round"]
     assert one_off == {"energy": ["statistics"], "sketch": ["sketch"]}.get(basis, [])
     assert ("statistics" in summary["privacy"]) == (basis == "energy")
-    metrics = rows(sim.run_dir)
-    rounds = [r for r in metrics if r["kind"] == "round"]
+    metrics = metrics_rows(sim.run_dir)
+    rounds = schema.rounds(metrics)
     assert all(r["bytes_up"] % (4 * sim.codec.latent_dim) == 0 for r in rounds)
     refreshed = [r["codec"]["refreshed"] for r in rounds if "codec" in r]
     assert refreshed == (
@@ -68,7 +63,7 @@ def test_history_costs_nothing_and_the_sketch_is_charged(tmp_path):
     # The sketch is one more Gaussian release, charged before round 1: epsilon rises.
     assert _charges(runs["sketch"]) == [("sketch", None), *_charges(runs["random"])]
     assert eps["sketch"] > eps["random"] * 1.05
-    sketch_row = next(r for r in rows(runs["sketch"].run_dir) if r["kind"] == "sketch")
+    sketch_row = next(r for r in metrics_rows(runs["sketch"].run_dir) if r["kind"] == "sketch")
     assert sketch_row["clients"] == 3 and sketch_row["release"]["noise_multiplier"] == 5.0
 
 

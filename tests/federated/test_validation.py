@@ -23,6 +23,7 @@ from drencoder.federated.server.validation import (
 )
 from drencoder.federated.simulator import Simulator
 from drencoder.mechanisms import GaussianMechanism
+from drencoder.reporting import schema
 from helpers import make_tiny_llama, make_tiny_tokenizer
 
 K, C, SIGMA = 16, 2.0, 0.5
@@ -181,7 +182,7 @@ def test_a_corrupted_message_is_left_out_and_still_charged(tmp_path, monkeypatch
     bad = simulate(tmp_path, "bad", method, monkeypatch, corrupt=True)
     absent = simulate(tmp_path, "absent", method, monkeypatch, drop=True)
 
-    rounds = [r for r in bad.rows if r["kind"] == "round"]
+    rounds = schema.rounds(bad.rows)
     assert rounds[0]["participants"] == [0, 1, 2]
     assert rounds[0]["rejected"] == {"1": "non-finite"}
     assert rounds[1]["rejected"] == {}

@@ -34,6 +34,7 @@ import contextlib
 from drencoder.accounting import PrivacyLedger
 from drencoder.config import load_config
 from drencoder.federated.simulator import Simulator
+from drencoder.reporting import schema
 
 pytestmark = [
     pytest.mark.slow,
@@ -213,8 +214,8 @@ def test_two_rounds_on_a_superlink_and_two_supernodes(federation, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     latent_bytes = summary["communication"]["latent_dim"] * 4
     assert summary["communication"]["bytes_per_upload"] == latent_bytes
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    rounds = [r for r in rows if r["kind"] == "round"]
+    rows = schema.load_metrics(out / "metrics.jsonl")
+    rounds = schema.rounds(rows)
     # The server takes a reply only if it holds the latent and the fingerprint and nothing
     # else (a loss or any metric makes it malformed): every reply of both rounds did.
     assert [r["participants"] for r in rounds] == [[0, 1], [0, 1]]
