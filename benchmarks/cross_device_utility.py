@@ -62,6 +62,7 @@ def run(out: Path, preset: str, seed: int, epsilon: float | None, extra: list[st
     per_round = statistics.mean(len(r["sampled"]) for r in done) if done else 0.0
     row = {
         "seed": seed,
+        "method": summary["method"],
         "target_epsilon": epsilon,
         "base_accuracy": u["base_accuracy"],
         "final_accuracy": u["final_accuracy"],

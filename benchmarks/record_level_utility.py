@@ -1,13 +1,14 @@
 """Record-level DP in a small federation: held-out accuracy over seeds, beside the others.
 
-Runs a preset (default ``cross-silo``: four clients of 1,000 examples, all in every round)
+Runs a preset (default ``cross-silo``: four clients of 3,000 examples, all in every round)
 for every seed with three arms, each an ordinary ``drencoder run`` in a fresh process (one
 torch thread, ``--jobs`` at a time):
 
-- ``fedavg-lora``, no DP;
-- ``dp-fedavg-lora`` with record-level DP at the target ε (``privacy.unit = record``:
-  every client runs DP-SGD on its own examples; ε per example, the worst client's);
-- ``dp-fedavg-lora`` with client-level DP at the same ε and central noise (the most
+- ``fedavg-lora``, no DP (the preset's adapters);
+- the preset's private method with record-level DP at the target ε
+  (``privacy.unit = record``: every client runs DP-SGD on its own examples; ε per example,
+  the worst client's);
+- the same method with client-level DP at the same ε and central noise (the most
   favourable placement for client-level DP: one noise draw on the sum of the four).
 
 Reported per arm: mean ± standard error over seeds of the final held-out accuracy and of
@@ -30,17 +31,17 @@ from cross_device_utility import accuracy_summary, add_run_arguments, run
 ROOT = Path(__file__).resolve().parent.parent
 
 ARMS = {
-    "dp-fedavg-lora, record-level": ("eps", ["privacy.unit=record"]),
+    "record-level DP": ("eps", ["privacy.unit=record"]),
     "fedavg-lora (no DP)": (None, ["privacy.unit=client"]),
-    "dp-fedavg-lora, client-level, central noise": (
+    "client-level DP, central noise": (
         "eps",
         ["privacy.unit=client", "privacy.placement=central"],
     ),
 }
 DIRS = {
     "fedavg-lora (no DP)": "nodp",
-    "dp-fedavg-lora, record-level": "record",
-    "dp-fedavg-lora, client-level, central noise": "client-central",
+    "record-level DP": "record",
+    "client-level DP, central noise": "client-central",
 }
 
 
