@@ -8,18 +8,20 @@ the groups cancel and the clipped mean loses the direction of the true mean. Thi
 measures it on real data, at the start of training (the LoRA init of the run's seed):
 
 - ``record``: the per-example gradients of one client's Poisson batch (the ``cross-silo``
-  preset's record-level DP-SGD), clipped per example;
-- ``client``: updates of clients holding 2 examples (one SGD step of learning rate 1, the
-  ``demo`` preset's cross-device clients), clipped per client, formed from the same
-  per-example gradients by pairing them at random.
+  preset's record-level DP-SGD, or the preset and ``--set`` overrides given), clipped per
+  example;
+- ``client``: the updates of the ``demo`` preset's first clients (2 examples each, one SGD
+  step of learning rate 1: the mean of their two gradients), clipped per client.
 
 For each C: the norm of the clipped mean, its cosine with the unclipped mean (1 = the
 direction survives), the norm of the noise the preset adds to that mean (σ calibrated as the
 run does, over the d LoRA coordinates), and their ratio (signal-to-noise). Tuning C this way
 reads the clients' training data: in a deployment do it on public or proxy data (or accept
-that the choice of C is not covered by ε). Usage (a minute on 2 cores):
+that the choice of C is not covered by ε). Usage (a few minutes on 2 cores; ``--name``
+names the results file):
 
     python benchmarks/clip_signal.py --clip-norms 0.25,0.5,1,1.5,2,3,5
+    python benchmarks/clip_signal.py --name clip_signal_c05 --set privacy.clip_norm=0.5 ...
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from common import machine, sig, write
 
 from drencoder.config import load_config
+from drencoder.data import collate
 from drencoder.federated.record import RecordDpSgd
 from drencoder.federated.server import budget
 from drencoder.federated.server.orchestration import FederatedServer
@@ -72,13 +75,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip-norms", default="0.25,0.5,1,1.5,2,3,5")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="cross-silo")
+    parser.add_argument("--set", dest="extra", action="append", default=[])
+    parser.add_argument("--clients", type=int, default=128, help="demo clients measured")
+    parser.add_argument("--name", default="clip_signal")
     parser.add_argument("--out-dir", default="runs/clip-signal")
     args = parser.parse_args()
     clip_norms = [float(c) for c in args.clip_norms.split(",")]
     info = machine()
 
-    silo = load_config(preset="cross-silo", overrides=[f"seed={args.seed}"])
-    server = FederatedServer(silo, f"{args.out_dir}/seed{args.seed}", progress=False)
+    silo = load_config(preset=args.preset, overrides=[f"seed={args.seed}", *args.extra])
+    server = FederatedServer(silo, f"{args.out_dir}/record", progress=False)
     q = RecordDpSgd.from_config(silo, 1.0).sample_rate(len(server.workload.clients[0]))
     batch = server.workload.poisson_batches(
         0, steps=1, rate=q, generator=torch.Generator().manual_seed(args.seed)
@@ -96,9 +103,20 @@ def main() -> None:
     )
 
     demo = load_config(preset="demo", overrides=[f"seed={args.seed}"])
-    pairs = torch.randperm(per_example.shape[0], generator=torch.Generator().manual_seed(1))
-    pairs = pairs[: 2 * (len(pairs) // 2)]
-    updates = (per_example[pairs[0::2]] + per_example[pairs[1::2]]) / 2
+    cross_device = FederatedServer(demo, f"{args.out_dir}/client", progress=False)
+    updates = torch.stack(
+        [
+            per_example_gradients(
+                cross_device.lm,
+                _prepare(collate(examples, pad_token_id=pad), "cpu"),
+                layout=cross_device.layout,
+            )[0].mean(0)
+            for examples, pad in (
+                (c, cross_device.workload.pad_token_id)
+                for c in cross_device.workload.clients[: args.clients]
+            )
+        ]
+    )
     n = budget.expected_clients(demo)
     sigma_client = calibrated_sigma(demo, None)
     client = rows_for(
@@ -109,15 +127,16 @@ def main() -> None:
         clip_norms=clip_norms,
     )
     write(
-        "clip_signal",
+        args.name,
         {
             "benchmark": "clip_signal",
             **info,
             "model": silo.model.name,
-            "lora_dim": server.layout.dim,
             "seed": args.seed,
             "record": {
-                "preset": "cross-silo",
+                "preset": args.preset,
+                "overrides": args.extra,
+                "lora_dim": server.layout.dim,
                 "batch": per_example.shape[0],
                 "noise_multiplier": sig(sigma_record),
                 "per_example_gradient_norm": quantiles(per_example.norm(dim=1)),
@@ -126,6 +145,8 @@ def main() -> None:
             },
             "client": {
                 "preset": "demo",
+                "lora_dim": cross_device.layout.dim,
+                "clients_measured": len(updates),
                 "clients_per_round": n,
                 "noise_multiplier": sig(sigma_client),
                 "update_norm": quantiles(updates.norm(dim=1)),
