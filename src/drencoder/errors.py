@@ -36,6 +36,11 @@ class ClientDropoutWarning(UserWarning):
     """Fewer clients replied in a round (or in stage 1) than were asked."""
 
 
+class UtilityWarning(UserWarning):
+    """A run measures something that usually keeps a private model from learning (seen
+    only in a simulation, where the server has the clients' diagnostics)."""
+
+
 class PrivacyWarning(UserWarning):
     """A run's guarantee is weaker than the default would give (e.g. a relation that does
     not hold against the party that aggregates, or noise reproducible from the seed)."""

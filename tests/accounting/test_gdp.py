@@ -71,3 +71,10 @@ def test_large_epsilon_does_not_overflow():
 def test_bad_input_names_the_value(kwargs):
     with pytest.raises(ConfigError, match="got"):
         gdp.mu_full_participation(**kwargs)
+
+
+def test_a_tiny_noise_multiplier_gives_infinite_mu_not_an_overflow():
+    from drencoder.accounting.gdp import clt_mu_squared_per_round
+
+    assert clt_mu_squared_per_round(noise_multiplier=0.01, sample_rate=0.5) == float("inf")
+    assert clt_mu_squared_per_round(noise_multiplier=0.5, sample_rate=0.5) < float("inf")

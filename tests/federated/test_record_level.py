@@ -225,3 +225,32 @@ def test_record_level_epsilon_matches_opacus_rdp_and_dp_accounting(q, sigma, ste
         rel=1e-9,
     )
     assert ledger.epsilon("pld") <= ledger.epsilon("rdp")
+
+
+@pytest.mark.parametrize(("clip_norm", "warns"), [(1e-6, True), (100.0, False)])
+def test_the_simulation_reports_the_clipped_share_and_warns_when_it_is_most(
+    tmp_path, clip_norm, warns
+):
+    import warnings
+
+    from drencoder.errors import UtilityWarning
+
+    sim = tiny_simulator(
+        tmp_path / "run",
+        [
+            *BASE,
+            "method=dp-fedavg-lora",
+            f"privacy.clip_norm={clip_norm}",
+            "privacy.noise_multiplier=0.01",  # no budget: only the clipping matters here
+            "target_epsilon=none",
+        ],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sim.run()
+    clipped = [r["not_covered_by_epsilon"]["clipped_fraction"] for r in schema.rounds(sim.rows)]
+    assert clipped == ([1.0, 1.0] if warns else [0.0, 0.0])
+    utility = [w for w in caught if issubclass(w.category, UtilityWarning)]
+    assert len(utility) == (1 if warns else 0)  # once per run
+    if warns:
+        assert "clip_norm" in str(utility[0].message)

@@ -54,7 +54,10 @@ def clt_mu_squared_per_round(*, noise_multiplier: float, sample_rate: float) -> 
     """One Poisson-subsampled round's contribution q²(e^{1/σ²} − 1) to μ² under the CLT."""
     _check_positive("noise_multiplier", noise_multiplier)
     _check_rate(sample_rate)
-    return sample_rate**2 * math.expm1(1.0 / noise_multiplier**2)
+    try:
+        return sample_rate**2 * math.expm1(1.0 / noise_multiplier**2)
+    except OverflowError:  # σ below about 0.0375: e^{1/σ²} is past the float range
+        return math.inf
 
 
 def warn_clt(stacklevel: int = 2) -> None:

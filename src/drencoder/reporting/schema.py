@@ -46,6 +46,8 @@ class Diagnostics(TypedDict, total=False):
 
     train_loss: float
     update_norm: float
+    clipped_fraction: float
+    """Record level: the share of per-example gradients DP-SGD clipped."""
     reconstruction: dict[str, float]
 
 

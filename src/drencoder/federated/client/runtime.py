@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import torch
 
@@ -37,7 +38,7 @@ from drencoder.federated.protocol import ClientResult, ClientTask, Stage1Task, r
 from drencoder.federated.record import RecordDpSgd
 from drencoder.federated.workload import Workload
 from drencoder.lora import Layout
-from drencoder.lora.dp_sgd import DpSgd
+from drencoder.lora.dp_sgd import DpSgd, DpSgdReport
 from drencoder.mechanisms import ClipPoint, GaussianMechanism, RecordSpace
 from drencoder.prior import ClientStatistics, StatisticsRelease
 
@@ -116,9 +117,9 @@ class ClientRuntime:
         global_state: dict[str, torch.Tensor],
         codec: Codec,
         record: RecordDpSgd,
-    ) -> tuple[torch.Tensor, list[float]]:
+    ) -> tuple[torch.Tensor, DpSgdReport]:
         """Record-level DP-SGD from ``global_state``: the update (flat, in the uplink
-        layout) and the losses of the non-empty steps."""
+        layout) and what DP-SGD did."""
         examples = len(self.workload.clients[task.client])
         dp = DpSgd.for_client(
             clip_norm=record.clip_norm,
@@ -180,9 +181,11 @@ class ClientRuntime:
                 "record-level DP sends the DP-SGD update without client-level clipping or "
                 "noise; got both a record DP-SGD description and a client-level mechanism"
             )
+        clipped_fraction = None
         try:
             if record is not None:
-                update, losses = self._train_dp_sgd(task, global_state, codec, record)
+                update, report = self._train_dp_sgd(task, global_state, codec, record)
+                losses, clipped_fraction = report.losses, report.clipped_fraction
             else:
                 batches = self.workload.batches(
                     task.client,
@@ -216,6 +219,10 @@ class ClientRuntime:
         if diagnostics:
             measured["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
             measured["update_norm"] = float(update.norm())
+            if clipped_fraction is not None and math.isfinite(clipped_fraction):
+                # Record level: the share of per-example gradients DP-SGD clipped. Near 1,
+                # the clipped mean can lose the direction of the true one.
+                measured["clipped_fraction"] = clipped_fraction
             if not isinstance(codec, IdentityCodec):
                 r = reconstruction(codec, update.unsqueeze(0))
                 measured["reconstruction"] = (r.rel_error, r.cosine)

@@ -22,7 +22,7 @@ from drencoder.lora import (
     train_local,
 )
 from drencoder.lora.adapter import trainable_parameters
-from drencoder.lora.dp_sgd import DpSgd, GradientSpace, train_local_dp
+from drencoder.lora.dp_sgd import DpSgd, DpSgdReport, GradientSpace, train_local_dp
 from drencoder.mechanisms import ClipPoint, GaussianMechanism
 
 
@@ -57,11 +57,12 @@ def local_update_dp(
     generator: torch.Generator,
     seed: int,
     space: GradientSpace | None = None,
-) -> tuple[torch.Tensor, list[float]]:
+) -> tuple[torch.Tensor, DpSgdReport]:
     """Record-level :func:`local_update`: DP-SGD from ``global_state``
     (:func:`~drencoder.lora.dp_sgd.train_local_dp`); the flat update Δ in ``layout`` and
-    the losses of the non-empty steps. The trainable matrices must be ``layout``'s blocks
-    (they are for every method: FFA-LoRA trains and sends ``lora_B`` only)."""
+    what DP-SGD did (losses of the non-empty steps, share of clipped gradients). The
+    trainable matrices must be ``layout``'s blocks (they are for every method: FFA-LoRA
+    trains and sends ``lora_B`` only)."""
     set_adapter_state(model, global_state)
     params = trainable_parameters(model)
     if tuple(params) != layout.keys:
@@ -70,7 +71,7 @@ def local_update_dp(
         model, batches, settings, dp, layout=layout, generator=generator, seed=seed, space=space
     )
     delta = adapter_delta(global_state, get_adapter_state(model))
-    return layout.flatten(layout.restrict(delta)), report.losses
+    return layout.flatten(layout.restrict(delta)), report
 
 
 def make_message(

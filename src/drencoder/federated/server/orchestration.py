@@ -61,6 +61,7 @@ from drencoder.errors import (
     ClientDropoutWarning,
     ConfigError,
     PrivacyWarning,
+    UtilityWarning,
 )
 from drencoder.evaluation import eval_record, score_multiple_choice
 from drencoder.federated import adaptive_clipping
@@ -94,6 +95,11 @@ from drencoder.mechanisms import GaussianMechanism, PrivacyUnit
 from drencoder.reporting.schema import NOT_COVERED, EvalRow, MetricsRow, RoundRow, check_row
 
 log = logging.getLogger("drencoder")
+
+CLIPPED_WARNING = 0.9
+"""Record level, simulation only: warn once when DP-SGD clipped at least this share of
+the per-example gradients in a round (docs/results.md: at the cross-silo preset's old
+C = 0.5 it clipped all of them and the mean gradient pointed the wrong way)."""
 
 
 class FederatedServer:
@@ -170,6 +176,7 @@ class FederatedServer:
         self.stop_reason = ""
         self.rows: list[MetricsRow] = []
         self.clients: ClientPool | None = None
+        self._warned_clipping = False
 
     # -- set-up ------------------------------------------------------------------------
     @property
@@ -701,6 +708,18 @@ class FederatedServer:
         diagnostics = rundir.mean_diagnostics([r.diagnostics for r in results])
         if diagnostics:
             row[NOT_COVERED] = diagnostics
+            clipped = diagnostics.get("clipped_fraction")
+            if clipped is not None and clipped >= CLIPPED_WARNING and not self._warned_clipping:
+                self._warned_clipping = True
+                warnings.warn(
+                    f"round {t}: DP-SGD clipped {clipped:.0%} of the per-example gradients. "
+                    "Clipped to one length, the gradients of examples that pull opposite "
+                    "ways can cancel and the mean lose its direction; a privacy.clip_norm "
+                    "above most per-example gradient norms may learn better "
+                    "(benchmarks/clip_signal.py measures it; docs/results.md)",
+                    UtilityWarning,
+                    stacklevel=2,
+                )
         self.append_row(row)
         every = cfg.eval.every
         if every and t % every == 0:

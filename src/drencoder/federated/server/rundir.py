@@ -191,6 +191,9 @@ def mean_diagnostics(diagnostics: list[dict]) -> Diagnostics:
     norms = [d["update_norm"] for d in diagnostics if "update_norm" in d]
     if norms:
         out["update_norm"] = sum(norms) / len(norms)
+    clipped = [d["clipped_fraction"] for d in diagnostics if "clipped_fraction" in d]
+    if clipped:
+        out["clipped_fraction"] = sum(clipped) / len(clipped)
     recon = [d["reconstruction"] for d in diagnostics if "reconstruction" in d]
     if recon:
         out["reconstruction"] = {
