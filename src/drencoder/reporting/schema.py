@@ -187,16 +187,21 @@ def check_row(row: Mapping[str, Any]) -> MetricsRow:
     return row  # type: ignore[return-value]  # validated: the same object, typed
 
 
-def load_metrics(path: str | os.PathLike) -> list[MetricsRow]:
-    """Every row of a run's ``metrics.jsonl``, each checked (:class:`RowError` names the
-    line and field of the first bad one)."""
+def parse_metrics(lines: Iterable[str], *, source: object = "metrics.jsonl") -> list[MetricsRow]:
+    """One checked row per JSON line; :class:`RowError` names the line (of ``source``)
+    and the field of the first bad one."""
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         try:
             rows.append(check_row(json.loads(line)))
         except (RowError, json.JSONDecodeError) as exc:
-            raise RowError(f"{path}, line {number}: {exc}") from None
+            raise RowError(f"{source}, line {number}: {exc}") from None
     return rows
+
+
+def load_metrics(path: str | os.PathLike) -> list[MetricsRow]:
+    """Every row of a run's ``metrics.jsonl``, each checked (:func:`parse_metrics`)."""
+    return parse_metrics(Path(path).read_text().splitlines(), source=path)
 
 
 def evals(rows: Iterable[MetricsRow]) -> list[EvalRow]:

@@ -12,7 +12,6 @@ existing files as they were.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from drencoder.codecs.base import latent_dim_for
 from drencoder.errors import CheckpointError, ConfigError, StorageError
 from drencoder.federated.server.checkpoint import KEEP
-from drencoder.reporting.schema import Diagnostics, MetricsRow, RowError, check_row
+from drencoder.reporting.schema import Diagnostics, MetricsRow, RowError, parse_metrics
 
 PROBE_BYTES = 4 * 2**20
 """Size of the probe file written (and deleted) by :func:`prepare_run_dir`."""
@@ -123,20 +122,12 @@ def read_metrics(path: Path, expected: int) -> list[MetricsRow]:
             "cut short: restore it from a backup or start a new run with --out"
         )
     try:
-        rows = [json.loads(line) for line in lines[:expected]]
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path} is not valid JSON lines ({exc}); restore it from a backup or start a "
-            "new run with --out"
-        ) from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise CheckpointError(f"{path} holds rows that are not JSON objects; start a new run")
-    try:
-        return [check_row(r) for r in rows]
+        return parse_metrics(lines[:expected], source=path)
     except RowError as exc:
         raise CheckpointError(
-            f"{path}: {exc}; it was written by another drencoder version or edited: resume "
-            "with the version that wrote it, or start a new run with --out"
+            f"{exc}; the file was damaged, edited or written by another drencoder version: "
+            "restore it from a backup, resume with the version that wrote it, or start a new "
+            "run with --out"
         ) from None
 
 
