@@ -130,6 +130,23 @@ def test_modes_restored_and_batches_cycle(tiny_tokenizer):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_mixed_modes_restored_module_by_module(tiny_tokenizer):
+    # A model whose submodules are in different modes (as a partly frozen decoder can be)
+    # gets each one's own mode back, also when training fails half-way.
+    model = fresh()
+    model.train()
+    modules = list(model.modules())
+    for i, m in enumerate(modules):
+        m.training = i % 3 == 0
+    before = [m.training for m in modules]
+    batch = make_batch(tiny_tokenizer)
+    train_local(model, [batch], TrainSettings(steps=1), seed=0)
+    assert [m.training for m in modules] == before
+    with pytest.raises(ConfigError, match="ran out of batches after 1"):
+        train_local(model, (b for b in [batch]), TrainSettings(steps=2), seed=0)
+    assert [m.training for m in modules] == before
+
+
 def test_training_errors(tiny_tokenizer):
     model = fresh()
     batch = make_batch(tiny_tokenizer)

@@ -39,6 +39,7 @@ from typing import Protocol
 import torch
 
 from drencoder.errors import ConfigError
+from drencoder.lora._modes import training_mode
 from drencoder.lora._rng import seeded
 from drencoder.lora.adapter import trainable_parameters
 from drencoder.lora.layout import Layout
@@ -164,12 +165,10 @@ def train_local_dp(
         raise ConfigError(f"expected {settings.steps} batches (one per step), got {len(batches)}")
     device = next(iter(params.values())).device
     optimizer = make_optimizer(list(params.values()), settings)
-    modes = {module: module.training for module in model.modules()}
     report = DpSgdReport(losses=[], batch_sizes=[], clipped_fraction=0.0)
     clipped = total = 0
     try:
-        model.train()
-        with seeded(seed, model):
+        with training_mode(model, True), seeded(seed, model):
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
                 if batch is None:
@@ -195,7 +194,5 @@ def train_local_dp(
                 total += per_example.shape[0]
     finally:
         optimizer.zero_grad(set_to_none=True)
-        for module, mode in modes.items():
-            module.train(mode)
     report.clipped_fraction = clipped / total if total else math.nan
     return report

@@ -48,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from drencoder.errors import ConfigError
+from drencoder.lora._modes import training_mode
 from drencoder.lora.adapter import adapted_layers
 from drencoder.lora.training import letters_cross_entropy
 
@@ -219,16 +220,14 @@ class PrefixCachedLM(torch.nn.Module):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
-        modes = {m: m.training for m in decoder.modules()}
-        try:
-            decoder.eval()
-            with torch.no_grad(), self._only(0, self.start, final_norm=False) as prefix:
-                out = prefix(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
-                ).last_hidden_state
-        finally:
-            for m, mode in modes.items():
-                m.train(mode)
+        with (
+            training_mode(decoder, False),
+            torch.no_grad(),
+            self._only(0, self.start, final_norm=False) as prefix,
+        ):
+            out = prefix(
+                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+            ).last_hidden_state
         return [out[i, : len(r)] for i, r in enumerate(rows)]
 
     def warm(

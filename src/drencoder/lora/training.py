@@ -33,6 +33,7 @@ from enum import StrEnum
 import torch
 
 from drencoder.errors import ConfigError, DrencoderError
+from drencoder.lora._modes import training_mode
 from drencoder.lora._rng import seeded
 
 
@@ -186,12 +187,11 @@ def train_local(
         )
     device = params[0].device
     optimizer = make_optimizer(params, settings)
-    modes = {module: module.training for module in model.modules()}
     losses: list[float] = []
     iterator = iter(batches)
     try:
-        model.train()
         with (
+            training_mode(model, True),
             seeded(seed, model),
             tqdm(total=settings.steps, desc=desc, disable=not progress, leave=False) as bar,
         ):
@@ -223,6 +223,4 @@ def train_local(
                 bar.update()
     finally:
         optimizer.zero_grad(set_to_none=True)
-        for module, mode in modes.items():
-            module.train(mode)
     return losses
