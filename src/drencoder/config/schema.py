@@ -415,13 +415,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "local.steps": 1,
         "codec.train_steps": 30,
     },
-    # 10,000 clients holding one review each: at q = 0.04 about 400 take part per round, so
-    # the noise on their mean, σ·C/n, is half that of 5,000 clients holding two reviews at
-    # the same ε and the same examples per round (docs/results.md).
+    # Two reviews per client: a one-review client's update is a single example's gradient,
+    # and clipped to C those turn the mean around as in record-level DP (docs/results.md).
     "cross-device": {
         **_CROSS_DEVICE,
-        "clients": 10000,
-        "data.examples_per_client": 1,
+        "clients": 5000,
+        "data.examples_per_client": 2,
         "sampling.rate": 0.04,
         "rounds": 40,
         "eval.every": 0,
