@@ -227,30 +227,71 @@ def test_record_level_epsilon_matches_opacus_rdp_and_dp_accounting(q, sigma, ste
     assert ledger.epsilon("pld") <= ledger.epsilon("rdp")
 
 
-@pytest.mark.parametrize(("clip_norm", "warns"), [(1e-6, True), (100.0, False)])
-def test_the_simulation_reports_the_clipped_share_and_warns_when_it_is_most(
-    tmp_path, clip_norm, warns
+# σ = 0.01 would make the client-level accountant's PLD grid huge; at C = 1e-6 σ = 1 adds
+# noise of std 1e-6, as harmless.
+@pytest.mark.parametrize(
+    ("unit", "clip_norm", "sigma"),
+    [("record", 1e-6, 0.01), ("record", 100.0, 0.01), ("client", 1e-6, 1.0)],
+)
+def test_the_simulation_reports_how_much_clipping_kept_of_the_mean(
+    tmp_path, unit, clip_norm, sigma
 ):
     import warnings
 
     from drencoder.errors import UtilityWarning
+    from drencoder.federated.server.orchestration import CLIP_COSINE_WARNING
 
     sim = tiny_simulator(
         tmp_path / "run",
         [
             *BASE,
             "method=dp-fedavg-lora",
+            f"privacy.unit={unit}",
             f"privacy.clip_norm={clip_norm}",
-            "privacy.noise_multiplier=0.01",  # no budget: only the clipping matters here
+            f"privacy.noise_multiplier={sigma}",  # no budget: only the clipping matters here
             "target_epsilon=none",
         ],
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sim.run()
-    clipped = [r["not_covered_by_epsilon"]["clipped_fraction"] for r in schema.rounds(sim.rows)]
-    assert clipped == ([1.0, 1.0] if warns else [0.0, 0.0])
+    measured = [r["not_covered_by_epsilon"] for r in schema.rounds(sim.rows)]
+    cosines = [m["clip_cosine"] for m in measured]
+    assert all(-1.0 - 1e-9 <= c <= 1.0 + 1e-9 for c in cosines)
+    if unit == "record":
+        assert [m["clipped_fraction"] for m in measured] == (
+            [1.0, 1.0] if clip_norm < 1 else [0.0, 0.0]
+        )
+    else:
+        assert all("clipped_fraction" not in m for m in measured)
+    if clip_norm > 1:  # nothing clipped: the clipped mean is the mean
+        assert cosines == pytest.approx([1.0, 1.0])
     utility = [w for w in caught if issubclass(w.category, UtilityWarning)]
-    assert len(utility) == (1 if warns else 0)  # once per run
-    if warns:
-        assert "clip_norm" in str(utility[0].message)
+    low = [c for c in cosines if c < CLIP_COSINE_WARNING]
+    assert len(utility) == (1 if low else 0)  # once per run, when a round lost the direction
+
+
+def test_the_rounds_clip_cosine_compares_the_clipped_and_unclipped_sums():
+    from drencoder.federated.server.rundir import mean_diagnostics
+
+    e = torch.zeros(6, dtype=torch.float32)
+    e[0] = 1.0
+    unclipped = [{"clip_input": (0.2 * e, 1.0)}, {"clip_input": (-3.0 * e, 1.0)}]
+    assert mean_diagnostics(unclipped)["clip_cosine"] == pytest.approx(1.0)
+    # Three short updates along +e, one long along -e clipped to 0.5: the mean turns around.
+    turned = [{"clip_input": (0.2 * e, 1.0)}] * 3 + [{"clip_input": (-3.0 * e, 0.5 / 3.0)}]
+    assert mean_diagnostics(turned)["clip_cosine"] == pytest.approx(-1.0)
+    record = [{"clip_cosine": 0.5}, {"clip_cosine": 1.0}]
+    assert mean_diagnostics(record)["clip_cosine"] == pytest.approx(0.75)
+    assert "clip_cosine" not in mean_diagnostics([{"train_loss": 0.7}])
+
+
+def test_the_clip_warning_names_the_cosine_and_the_fix():
+    from drencoder.federated.server.orchestration import clip_warning
+
+    assert clip_warning(3, {"clip_cosine": 0.9, "clipped_fraction": 1.0}) is None
+    assert clip_warning(3, {"train_loss": 0.7}) is None
+    message = clip_warning(3, {"clip_cosine": -0.88, "clipped_fraction": 1.0})
+    assert "round 3" in message and "-0.88" in message and "100%" in message
+    assert "clip_norm" in message
+    assert "per-example" not in clip_warning(3, {"clip_cosine": 0.1})

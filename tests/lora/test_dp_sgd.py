@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -129,7 +131,7 @@ def test_clipped_per_example_norms_never_exceed_c():
 
     clipped, norms = clip_l2(per_example, clip_norm=0.5)
     assert float(torch.linalg.vector_norm(clipped.double(), dim=1).max()) <= 0.5
-    grad, n_clipped = noisy_gradient(
+    grad, n_clipped, _ = noisy_gradient(
         per_example, dp(noise_multiplier=0.0, examples=128), generator=noise_generator(1)
     )
     assert n_clipped == int((norms > 0.5).sum())
@@ -137,13 +139,31 @@ def test_clipped_per_example_norms_never_exceed_c():
     torch.testing.assert_close(grad, clipped.sum(0) / 64)
 
 
+def test_clip_cosine_shows_when_clipping_turns_the_mean_around():
+    # Two groups pulling opposite ways: three short gradients along +e, one long one
+    # along -e. Their mean points along -e; clipped to one length C the three outvote it.
+    e = torch.zeros(50)
+    e[0] = 1.0
+    per_example = torch.stack([0.2 * e, 0.2 * e, 0.2 * e, -3.0 * e])
+    _, n_clipped, cosine = noisy_gradient(
+        per_example, dp(noise_multiplier=0.0, clip_norm=0.5), generator=noise_generator(0)
+    )
+    assert n_clipped == 1 and cosine == pytest.approx(-1.0)
+    _, n_clipped, cosine = noisy_gradient(
+        per_example, dp(noise_multiplier=0.0, clip_norm=5.0), generator=noise_generator(0)
+    )
+    assert n_clipped == 0 and cosine == pytest.approx(1.0)
+    _, _, cosine = noisy_gradient(torch.zeros((0, 50)), dp(), generator=noise_generator(0))
+    assert math.isnan(cosine)
+
+
 def test_noise_has_std_sigma_c_over_the_expected_batch_and_comes_from_the_generator():
     d = dp(noise_multiplier=2.0, clip_norm=0.5, sample_rate=0.25, examples=40)  # q n = 10
     empty = torch.zeros((0, 20000))
-    grad, _ = noisy_gradient(empty, d, generator=noise_generator(3))
+    grad, _, _ = noisy_gradient(empty, d, generator=noise_generator(3))
     assert float(grad.std()) == pytest.approx(2.0 * 0.5 / 10, rel=0.03)
-    again, _ = noisy_gradient(empty, d, generator=noise_generator(3))
-    other, _ = noisy_gradient(empty, d, generator=noise_generator(4))
+    again, _, _ = noisy_gradient(empty, d, generator=noise_generator(3))
+    other, _, _ = noisy_gradient(empty, d, generator=noise_generator(4))
     assert torch.equal(grad, again) and not torch.equal(grad, other)
 
 
@@ -166,13 +186,13 @@ def test_latent_space_clips_and_noises_the_encoded_gradients():
     space = HalfProjection(30, 10)
     per_example = torch.ones(4, 30)  # latent rows 2*ones(10): norm 6.32 > C
     d = dp(noise_multiplier=0.0, clip_norm=1.0, sample_rate=0.5, examples=8)
-    grad, n_clipped = noisy_gradient(per_example, d, generator=noise_generator(0), space=space)
+    grad, n_clipped, _ = noisy_gradient(per_example, d, generator=noise_generator(0), space=space)
     assert n_clipped == 4
     # Each latent row clipped to norm 1: 2/sqrt(40) per coordinate; sum of 4, over q n = 4.
     expected = torch.zeros(30)
     expected[:10] = (2 / 40**0.5) / 2.0
     torch.testing.assert_close(grad, expected)
-    noisy, _ = noisy_gradient(
+    noisy, _, _ = noisy_gradient(
         torch.zeros((0, 30)), dp(noise_multiplier=1.0), generator=noise_generator(0), space=space
     )
     assert torch.count_nonzero(noisy[10:]) == 0 and torch.count_nonzero(noisy[:10]) == 10

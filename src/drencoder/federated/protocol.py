@@ -50,7 +50,9 @@ class ClientResult:
     stands at after the round (reported by the server, not charged from it)."""
     diagnostics: dict = field(default_factory=dict)
     """Simulation-only measurements of raw data (``train_loss``, ``update_norm``,
-    ``reconstruction``): not covered by epsilon, never uploaded by a real client."""
+    ``clipped_fraction``, ``clip_cosine``, ``reconstruction``, and ``clip_input``: the
+    vector the mechanism clips with its clip scale, from which the simulator computes the
+    round's ``clip_cosine``): not covered by epsilon, never uploaded by a real client."""
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,13 @@ from drencoder.lora.adapter import trainable_parameters
 from drencoder.lora.layout import Layout
 from drencoder.lora.per_example import per_example_gradients
 from drencoder.lora.training import TrainSettings, _prepare, make_optimizer
-from drencoder.mechanisms import check_clip_norm, check_noise_multiplier, clip_l2, gaussian_noise
+from drencoder.mechanisms import (
+    check_clip_norm,
+    check_noise_multiplier,
+    clip_cosine,
+    clip_l2,
+    gaussian_noise,
+)
 
 
 class GradientSpace(Protocol):
@@ -106,6 +112,10 @@ class DpSgdReport:
     batch_sizes: list[int]
     clipped_fraction: float
     """Share of per-example gradients whose norm exceeded C."""
+    clip_cosine: float = math.nan
+    """Mean over the steps of the cosine between the clipped and the unclipped sum of the
+    step's per-example gradients (in the space they were clipped in): 1 when clipping kept
+    the gradient's direction, below 0 when it turned it around."""
 
 
 def noisy_gradient(
@@ -115,10 +125,12 @@ def noisy_gradient(
     generator: torch.Generator,
     space: GradientSpace | None = None,
     dim: int | None = None,
-) -> tuple[torch.Tensor, int]:
-    """One DP-SGD gradient ``[d]`` from per-example gradients ``[b, d]`` (b may be 0), and
-    how many of them were clipped. With ``space`` they are encoded, clipped and noised in
-    its latent and the noisy sum decoded; ``dim`` is d when b = 0 without a space."""
+) -> tuple[torch.Tensor, int, float]:
+    """One DP-SGD gradient ``[d]`` from per-example gradients ``[b, d]`` (b may be 0), how
+    many of them were clipped, and the cosine between their clipped and unclipped sums
+    (:func:`~drencoder.mechanisms.clip_cosine`; NaN for b = 0). With ``space`` they are
+    encoded, clipped and noised in its latent and the noisy sum decoded; ``dim`` is d when
+    b = 0 without a space."""
     if space is not None:
         k = int(space.latent_dim)
         x = space.encode(per_example) if per_example.shape[0] else per_example[:, :0]
@@ -128,14 +140,15 @@ def noisy_gradient(
         clipped, norms = clip_l2(x, clip_norm=dp.clip_norm)
         summed = clipped.sum(0)
         n_clipped = int((norms > dp.clip_norm).sum())
+        cosine = clip_cosine(x.sum(0), summed)
     else:
-        summed, n_clipped = torch.zeros(k, dtype=torch.float32), 0
+        summed, n_clipped, cosine = torch.zeros(k, dtype=torch.float32), 0, math.nan
     noisy = summed + gaussian_noise(
         summed, std=dp.noise_multiplier * dp.clip_norm, generator=generator
     )
     if space is not None:
         noisy = space.decode(noisy)
-    return noisy / dp.expected_batch_size, n_clipped
+    return noisy / dp.expected_batch_size, n_clipped, cosine
 
 
 def train_local_dp(
@@ -167,6 +180,7 @@ def train_local_dp(
     optimizer = make_optimizer(list(params.values()), settings)
     report = DpSgdReport(losses=[], batch_sizes=[], clipped_fraction=0.0)
     clipped = total = 0
+    cosines: list[float] = []
     try:
         with training_mode(model, True), seeded(seed, model):
             for batch in batches:
@@ -178,7 +192,7 @@ def train_local_dp(
                         model, _prepare(batch, device), layout=layout
                     )
                     report.losses.append(loss)
-                grad, n_clipped = noisy_gradient(
+                grad, n_clipped, cosine = noisy_gradient(
                     per_example.cpu(), dp, generator=generator, space=space, dim=layout.dim
                 )
                 if not bool(torch.isfinite(grad).all()):
@@ -192,7 +206,10 @@ def train_local_dp(
                 report.batch_sizes.append(per_example.shape[0])
                 clipped += n_clipped
                 total += per_example.shape[0]
+                if math.isfinite(cosine):
+                    cosines.append(cosine)
     finally:
         optimizer.zero_grad(set_to_none=True)
     report.clipped_fraction = clipped / total if total else math.nan
+    report.clip_cosine = sum(cosines) / len(cosines) if cosines else math.nan
     return report

@@ -4,7 +4,7 @@ Mechanisms describe themselves with ``dp_accounting`` events; composing them int
 job of :mod:`drencoder.accounting` (mechanisms describe, the ledger accounts).
 """
 
-from drencoder.mechanisms.clipping import check_clip_norm, clip_l2
+from drencoder.mechanisms.clipping import check_clip_norm, clip_cosine, clip_l2
 from drencoder.mechanisms.gaussian import GaussianMechanism, check_noise_multiplier
 from drencoder.mechanisms.noise import gaussian_noise, noise_generator, reseed_from_entropy
 from drencoder.mechanisms.options import (
@@ -28,6 +28,7 @@ __all__ = [
     "Sampling",
     "check_clip_norm",
     "check_noise_multiplier",
+    "clip_cosine",
     "clip_l2",
     "gaussian_noise",
     "noise_generator",

@@ -35,6 +35,16 @@ def _row_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x.double(), dim=-1)
 
 
+def clip_cosine(raw_sum: torch.Tensor, clipped_sum: torch.Tensor) -> float:
+    """Cosine between the sum of some vectors and the sum of the same vectors clipped: 1 when
+    clipping kept the direction of their mean, below 0 when it turned it around (vectors of
+    two groups that point opposite ways, clipped to one length, cancel). NaN when either
+    sum is zero. For diagnostics: it reads the raw vectors, so it is not a DP release."""
+    a, b = raw_sum.double(), clipped_sum.double()
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if denom > 0 else math.nan
+
+
 def clip_l2(x: torch.Tensor, *, clip_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip a vector ``[d]`` or each row of a batch ``[n, d]`` to L2 norm at most ``clip_norm``.
 

@@ -48,6 +48,11 @@ class Diagnostics(TypedDict, total=False):
     update_norm: float
     clipped_fraction: float
     """Record level: the share of per-example gradients DP-SGD clipped."""
+    clip_cosine: float
+    """Cosine between the clipped and the unclipped mean of what the mechanism clips (client
+    level: the round's client updates; record level: each DP-SGD step's per-example
+    gradients, averaged): 1 when clipping kept the direction, below 0 when it turned it
+    around."""
     reconstruction: dict[str, float]
 
 

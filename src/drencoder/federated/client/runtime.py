@@ -181,11 +181,13 @@ class ClientRuntime:
                 "record-level DP sends the DP-SGD update without client-level clipping or "
                 "noise; got both a record DP-SGD description and a client-level mechanism"
             )
-        clipped_fraction = None
+        clip_point = cfg.privacy.clip_point if clip_point is None else ClipPoint(clip_point)
+        clipped_fraction = record_cosine = None
         try:
             if record is not None:
                 update, report = self._train_dp_sgd(task, global_state, codec, record)
                 losses, clipped_fraction = report.losses, report.clipped_fraction
+                record_cosine = report.clip_cosine
             else:
                 batches = self.workload.batches(
                     task.client,
@@ -223,6 +225,15 @@ class ClientRuntime:
                 # Record level: the share of per-example gradients DP-SGD clipped. Near 1,
                 # the clipped mean can lose the direction of the true one.
                 measured["clipped_fraction"] = clipped_fraction
+            if record_cosine is not None and math.isfinite(record_cosine):
+                measured["clip_cosine"] = record_cosine
+            elif mechanism is not None:
+                # Client level: what the mechanism clips and by how much, so that the
+                # simulator can compare the clipped mean of the round with the unclipped one.
+                x = codec.encode(update) if clip_point is ClipPoint.LATENT else update
+                norm = float(x.detach().double().norm())
+                scale = min(1.0, mechanism.clip_norm / norm) if norm > 0 else 1.0
+                measured["clip_input"] = (x.detach().float(), scale)
             if not isinstance(codec, IdentityCodec):
                 r = reconstruction(codec, update.unsqueeze(0))
                 measured["reconstruction"] = (r.rel_error, r.cosine)
@@ -230,7 +241,7 @@ class ClientRuntime:
             update,
             codec=codec,
             mechanism=mechanism,
-            clip_point=cfg.privacy.clip_point if clip_point is None else ClipPoint(clip_point),
+            clip_point=clip_point,
             generator=self.noise_generator,
         )
         if report_clip_bit is None:

@@ -92,14 +92,37 @@ from drencoder.lora import (
     set_adapter_state,
 )
 from drencoder.mechanisms import GaussianMechanism, PrivacyUnit
-from drencoder.reporting.schema import NOT_COVERED, EvalRow, MetricsRow, RoundRow, check_row
+from drencoder.reporting.schema import (
+    NOT_COVERED,
+    Diagnostics,
+    EvalRow,
+    MetricsRow,
+    RoundRow,
+    check_row,
+)
 
 log = logging.getLogger("drencoder")
 
-CLIPPED_WARNING = 0.9
-"""Record level, simulation only: warn once when DP-SGD clipped at least this share of
-the per-example gradients in a round (docs/results.md: at the cross-silo preset's old
-C = 0.5 it clipped all of them and the mean gradient pointed the wrong way)."""
+CLIP_COSINE_WARNING = 0.5
+"""Simulation only: warn once when the round's clipped mean keeps less than this cosine
+with the unclipped one (docs/results.md: record-level DP-SGD at C = 0.5 and clients
+holding one review each both had their mean turned around, and collapsed)."""
+
+
+def clip_warning(t: int, diagnostics: Diagnostics) -> str | None:
+    """The warning for a round whose clipping lost the mean's direction, else None."""
+    cosine = diagnostics.get("clip_cosine")
+    if cosine is None or cosine >= CLIP_COSINE_WARNING:
+        return None
+    share = diagnostics.get("clipped_fraction")
+    clipped = "" if share is None else f" (DP-SGD clipped {share:.0%} of the per-example gradients)"
+    return (
+        f"round {t}: the clipped mean kept cosine {cosine:.2f} with the unclipped mean"
+        f"{clipped}. Clipped to one length, vectors that pull opposite ways cancel and the "
+        "mean can lose or reverse its direction: a privacy.clip_norm above most of their "
+        "norms, or (client level) several examples per client, may learn better "
+        "(benchmarks/clip_signal.py measures it; docs/results.md)"
+    )
 
 
 class FederatedServer:
@@ -708,18 +731,10 @@ class FederatedServer:
         diagnostics = rundir.mean_diagnostics([r.diagnostics for r in results])
         if diagnostics:
             row[NOT_COVERED] = diagnostics
-            clipped = diagnostics.get("clipped_fraction")
-            if clipped is not None and clipped >= CLIPPED_WARNING and not self._warned_clipping:
+            message = clip_warning(t, diagnostics)
+            if message is not None and not self._warned_clipping:
                 self._warned_clipping = True
-                warnings.warn(
-                    f"round {t}: DP-SGD clipped {clipped:.0%} of the per-example gradients. "
-                    "Clipped to one length, the gradients of examples that pull opposite "
-                    "ways can cancel and the mean lose its direction; a privacy.clip_norm "
-                    "above most per-example gradient norms may learn better "
-                    "(benchmarks/clip_signal.py measures it; docs/results.md)",
-                    UtilityWarning,
-                    stacklevel=2,
-                )
+                warnings.warn(message, UtilityWarning, stacklevel=2)
         self.append_row(row)
         every = cfg.eval.every
         if every and t % every == 0:

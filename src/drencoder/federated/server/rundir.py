@@ -12,13 +12,17 @@ existing files as they were.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from drencoder.codecs.base import latent_dim_for
 from drencoder.errors import CheckpointError, ConfigError, StorageError
 from drencoder.federated.server.checkpoint import KEEP
+from drencoder.mechanisms import clip_cosine
 from drencoder.reporting.schema import Diagnostics, MetricsRow, RowError, parse_metrics
 
 PROBE_BYTES = 4 * 2**20
@@ -185,6 +189,21 @@ def mean_diagnostics(diagnostics: list[dict]) -> Diagnostics:
     clipped = [d["clipped_fraction"] for d in diagnostics if "clipped_fraction" in d]
     if clipped:
         out["clipped_fraction"] = sum(clipped) / len(clipped)
+    # Client level: the round's clipped mean against its unclipped mean; record level: the
+    # clients' own per-step cosines, averaged.
+    pairs = [d["clip_input"] for d in diagnostics if "clip_input" in d]
+    cosines = [d["clip_cosine"] for d in diagnostics if "clip_cosine" in d]
+    if pairs:
+        raw = torch.zeros(pairs[0][0].numel(), dtype=torch.float64)
+        kept = torch.zeros_like(raw)
+        for x, scale in pairs:
+            raw += x.double()
+            kept += scale * x.double()
+        cosine = clip_cosine(raw, kept)
+        if math.isfinite(cosine):
+            out["clip_cosine"] = cosine
+    elif cosines:
+        out["clip_cosine"] = sum(cosines) / len(cosines)
     recon = [d["reconstruction"] for d in diagnostics if "reconstruction" in d]
     if recon:
         out["reconstruction"] = {
