@@ -108,6 +108,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, preset: str, out: str)
     parser.add_argument("--set", dest="extra", action="append", default=[])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=out)
+    parser.add_argument("--name", help="results file name (default: from the preset)")
     parser.add_argument(
         "--finished-only",
         action="store_true",
@@ -174,7 +175,7 @@ def main() -> None:
         table.append(entry)
         print(json.dumps(entry))
     write(
-        f"cross_device_utility_{args.preset}",
+        args.name or f"cross_device_utility_{args.preset}",
         {
             "benchmark": "cross_device_utility",
             **info,

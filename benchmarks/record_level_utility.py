@@ -89,7 +89,7 @@ def main() -> None:
         table.append(entry)
         print(json.dumps(entry))
     write(
-        f"record_level_utility_{args.preset}",
+        args.name or f"record_level_utility_{args.preset}",
         {
             "benchmark": "record_level_utility",
             **info,
