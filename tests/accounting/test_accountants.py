@@ -133,3 +133,34 @@ def test_accounting_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_pld_grid_coarsens_for_small_noise_and_keeps_an_upper_bound():
+    import tracemalloc
+
+    # At or above σ = 0.5 the grid is the fixed one (the calls above match dp-accounting).
+    fine = A.accountants.PLD_DISCRETIZATION
+    assert (
+        A.accountants.pld_discretization(
+            A.rounds_event(noise_multiplier=0.5, sample_rate=0.1, rounds=3)
+        )
+        == fine
+    )
+    # Below, the interval grows as 1/σ², so the grid's size stays about that of σ = 0.5.
+    event = A.rounds_event(noise_multiplier=0.3, sample_rate=1.0, rounds=2)
+    assert A.accountants.pld_discretization(event) == pytest.approx(fine * (0.5 / 0.3) ** 2)
+    on_fine_grid = pld_privacy_accountant.PLDAccountant(value_discretization_interval=fine)
+    on_fine_grid.compose(event)
+    coarse = A.epsilon(event, delta=1e-5, accountant="pld")
+    assert coarse >= on_fine_grid.get_epsilon(1e-5)  # pessimistic: still an upper bound
+    assert coarse == pytest.approx(on_fine_grid.get_epsilon(1e-5), rel=1e-6)
+    # σ = 0.01 on the fixed grid needed more than 12 GB; now a few MB.
+    tiny = A.rounds_event(noise_multiplier=0.01, sample_rate=1.0, rounds=2)
+    tracemalloc.start()
+    try:
+        eps = A.epsilon(tiny, delta=1e-5, accountant="pld")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200e6
+    assert A.epsilon(tiny, delta=1e-5, accountant="rdp") >= eps > 1000
