@@ -39,6 +39,7 @@ from drencoder.federated.server import budget
 from drencoder.federated.server.orchestration import FederatedServer
 from drencoder.lora.per_example import per_example_gradients
 from drencoder.lora.training import _prepare
+from drencoder.mechanisms import clip_cosine
 
 
 def calibrated_sigma(config, examples) -> float:
@@ -56,9 +57,7 @@ def rows_for(vectors: torch.Tensor, *, reference: torch.Tensor, noise_std, clip_
                 "clip_norm": c,
                 "clipped_fraction": sig(float((norms > c).float().mean())),
                 "signal_norm": sig(float(mean.norm())),
-                "cosine_with_unclipped_mean": sig(
-                    float(torch.nn.functional.cosine_similarity(mean, reference, 0))
-                ),
+                "cosine_with_unclipped_mean": sig(clip_cosine(reference, mean)),
                 "noise_norm": sig(noise),
                 "signal_to_noise": sig(float(mean.norm()) / noise),
             }

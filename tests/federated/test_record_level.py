@@ -239,7 +239,7 @@ def test_the_simulation_reports_how_much_clipping_kept_of_the_mean(
     import warnings
 
     from drencoder.errors import UtilityWarning
-    from drencoder.federated.server.orchestration import CLIP_COSINE_WARNING
+    from drencoder.federated.server.diagnostics import CLIP_COSINE_WARNING
 
     sim = tiny_simulator(
         tmp_path / "run",
@@ -272,7 +272,7 @@ def test_the_simulation_reports_how_much_clipping_kept_of_the_mean(
 
 
 def test_the_rounds_clip_cosine_compares_the_clipped_and_unclipped_sums():
-    from drencoder.federated.server.rundir import mean_diagnostics
+    from drencoder.federated.server.diagnostics import mean_diagnostics
 
     e = torch.zeros(6, dtype=torch.float32)
     e[0] = 1.0
@@ -287,7 +287,7 @@ def test_the_rounds_clip_cosine_compares_the_clipped_and_unclipped_sums():
 
 
 def test_the_clip_warning_names_the_cosine_and_the_fix():
-    from drencoder.federated.server.orchestration import clip_warning
+    from drencoder.federated.server.diagnostics import clip_warning
 
     assert clip_warning(3, {"clip_cosine": 0.9, "clipped_fraction": 1.0}) is None
     assert clip_warning(3, {"train_loss": 0.7}) is None

@@ -52,21 +52,9 @@ Gaussian spans about 1/(2σ²), so a fixed grid grows as 1/σ² (σ = 0.1 took 0
 bound; at σ = 0.3 the coarser grid changes ε by 1e-9 relative."""
 
 
-def _min_noise_multiplier(event: dp_event.DpEvent) -> float | None:
-    """The smallest Gaussian noise multiplier in ``event`` (None if it has none)."""
-    if isinstance(event, dp_event.GaussianDpEvent):
-        return float(event.noise_multiplier)
-    if isinstance(event, dp_event.PoissonSampledDpEvent | dp_event.SelfComposedDpEvent):
-        return _min_noise_multiplier(event.event)
-    if isinstance(event, dp_event.ComposedDpEvent):
-        found = [m for e in event.events if (m := _min_noise_multiplier(e)) is not None]
-        return min(found) if found else None
-    return None
-
-
 def pld_discretization(event: dp_event.DpEvent) -> float:
     """The PLD grid's interval for ``event`` (see :data:`PLD_COARSEN_BELOW`)."""
-    sigma = _min_noise_multiplier(event)
+    sigma = ev.min_noise_multiplier(event)
     if sigma is None or sigma <= 0 or sigma >= PLD_COARSEN_BELOW:
         return PLD_DISCRETIZATION
     return PLD_DISCRETIZATION * (PLD_COARSEN_BELOW / sigma) ** 2

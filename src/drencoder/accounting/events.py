@@ -95,6 +95,18 @@ def event_from_json(data: dict[str, Any]) -> dp_event.DpEvent:
     return cls(**kwargs)
 
 
+def min_noise_multiplier(event: dp_event.DpEvent) -> float | None:
+    """The smallest Gaussian noise multiplier in ``event`` (None if it has none)."""
+    if isinstance(event, dp_event.GaussianDpEvent):
+        return float(event.noise_multiplier)
+    if isinstance(event, dp_event.PoissonSampledDpEvent | dp_event.SelfComposedDpEvent):
+        return min_noise_multiplier(event.event)
+    if isinstance(event, dp_event.ComposedDpEvent):
+        found = [m for e in event.events if (m := min_noise_multiplier(e)) is not None]
+        return min(found) if found else None
+    return None
+
+
 def gdp_mu(
     event: dp_event.DpEvent, *, relation: str | Relation = Relation.ADD_REMOVE
 ) -> tuple[float, bool]:

@@ -182,12 +182,11 @@ class ClientRuntime:
                 "noise; got both a record DP-SGD description and a client-level mechanism"
             )
         clip_point = cfg.privacy.clip_point if clip_point is None else ClipPoint(clip_point)
-        clipped_fraction = record_cosine = None
+        report = None  # record level: what DP-SGD did
         try:
             if record is not None:
                 update, report = self._train_dp_sgd(task, global_state, codec, record)
-                losses, clipped_fraction = report.losses, report.clipped_fraction
-                record_cosine = report.clip_cosine
+                losses = report.losses
             else:
                 batches = self.workload.batches(
                     task.client,
@@ -221,12 +220,12 @@ class ClientRuntime:
         if diagnostics:
             measured["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
             measured["update_norm"] = float(update.norm())
-            if clipped_fraction is not None and math.isfinite(clipped_fraction):
-                # Record level: the share of per-example gradients DP-SGD clipped. Near 1,
-                # the clipped mean can lose the direction of the true one.
-                measured["clipped_fraction"] = clipped_fraction
-            if record_cosine is not None and math.isfinite(record_cosine):
-                measured["clip_cosine"] = record_cosine
+            if report is not None:
+                # Record level: the share of per-example gradients DP-SGD clipped, and how
+                # well their clipped sum kept the direction of the unclipped one.
+                for key in ("clipped_fraction", "clip_cosine"):
+                    if math.isfinite(value := getattr(report, key)):
+                        measured[key] = value
             elif mechanism is not None:
                 # Client level: what the mechanism clips and by how much, so that the
                 # simulator can compare the clipped mean of the round with the unclipped one.

@@ -80,6 +80,7 @@ from drencoder.federated.server.aggregation import decode_release, release
 from drencoder.federated.server.charges import absorb_pending, charge_ahead, clear_pending
 from drencoder.federated.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from drencoder.federated.server.codec_setup import build_codec
+from drencoder.federated.server.diagnostics import clip_warning, mean_diagnostics
 from drencoder.federated.server.optimizer import GlobalOptimizer
 from drencoder.federated.server.sampling import sample_clients
 from drencoder.federated.server.validation import accept_messages, message_limits
@@ -92,37 +93,9 @@ from drencoder.lora import (
     set_adapter_state,
 )
 from drencoder.mechanisms import GaussianMechanism, PrivacyUnit
-from drencoder.reporting.schema import (
-    NOT_COVERED,
-    Diagnostics,
-    EvalRow,
-    MetricsRow,
-    RoundRow,
-    check_row,
-)
+from drencoder.reporting.schema import NOT_COVERED, EvalRow, MetricsRow, RoundRow, check_row
 
 log = logging.getLogger("drencoder")
-
-CLIP_COSINE_WARNING = 0.5
-"""Simulation only: warn once when the round's clipped mean keeps less than this cosine
-with the unclipped one (docs/results.md: record-level DP-SGD at C = 0.5 and clients
-holding one review each both had their mean turned around, and collapsed)."""
-
-
-def clip_warning(t: int, diagnostics: Diagnostics) -> str | None:
-    """The warning for a round whose clipping lost the mean's direction, else None."""
-    cosine = diagnostics.get("clip_cosine")
-    if cosine is None or cosine >= CLIP_COSINE_WARNING:
-        return None
-    share = diagnostics.get("clipped_fraction")
-    clipped = "" if share is None else f" (DP-SGD clipped {share:.0%} of the per-example gradients)"
-    return (
-        f"round {t}: the clipped mean kept cosine {cosine:.2f} with the unclipped mean"
-        f"{clipped}. Clipped to one length, vectors that pull opposite ways cancel and the "
-        "mean can lose or reverse its direction: a privacy.clip_norm above most of their "
-        "norms, or (client level) several examples per client, may learn better "
-        "(benchmarks/clip_signal.py measures it; docs/results.md)"
-    )
 
 
 class FederatedServer:
@@ -728,7 +701,7 @@ class FederatedServer:
                 "unclipped_fraction": fraction,
                 "next_clip_norm": self.clip_norm,
             }
-        diagnostics = rundir.mean_diagnostics([r.diagnostics for r in results])
+        diagnostics = mean_diagnostics([r.diagnostics for r in results])
         if diagnostics:
             row[NOT_COVERED] = diagnostics
             message = clip_warning(t, diagnostics)

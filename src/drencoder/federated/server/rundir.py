@@ -12,18 +12,14 @@ existing files as they were.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from drencoder.codecs.base import latent_dim_for
 from drencoder.errors import CheckpointError, ConfigError, StorageError
 from drencoder.federated.server.checkpoint import KEEP
-from drencoder.mechanisms import clip_cosine
-from drencoder.reporting.schema import Diagnostics, MetricsRow, RowError, parse_metrics
+from drencoder.reporting.schema import MetricsRow, RowError, parse_metrics
 
 PROBE_BYTES = 4 * 2**20
 """Size of the probe file written (and deleted) by :func:`prepare_run_dir`."""
@@ -174,40 +170,3 @@ def restore_model_state(server, ckpt) -> None:
             f"generator state ({type(exc).__name__}: {exc}); start a new run with --out"
         ) from None
     server.global_state = get_adapter_state(server.model)
-
-
-def mean_diagnostics(diagnostics: list[dict]) -> Diagnostics:
-    """The mean over clients of each simulation-only diagnostic (see
-    :data:`~drencoder.reporting.schema.NOT_COVERED`)."""
-    out: Diagnostics = {}
-    losses = [d["train_loss"] for d in diagnostics if "train_loss" in d]
-    if losses:
-        out["train_loss"] = sum(losses) / len(losses)
-    norms = [d["update_norm"] for d in diagnostics if "update_norm" in d]
-    if norms:
-        out["update_norm"] = sum(norms) / len(norms)
-    clipped = [d["clipped_fraction"] for d in diagnostics if "clipped_fraction" in d]
-    if clipped:
-        out["clipped_fraction"] = sum(clipped) / len(clipped)
-    # Client level: the round's clipped mean against its unclipped mean; record level: the
-    # clients' own per-step cosines, averaged.
-    pairs = [d["clip_input"] for d in diagnostics if "clip_input" in d]
-    cosines = [d["clip_cosine"] for d in diagnostics if "clip_cosine" in d]
-    if pairs:
-        raw = torch.zeros(pairs[0][0].numel(), dtype=torch.float64)
-        kept = torch.zeros_like(raw)
-        for x, scale in pairs:
-            raw += x.double()
-            kept += scale * x.double()
-        cosine = clip_cosine(raw, kept)
-        if math.isfinite(cosine):
-            out["clip_cosine"] = cosine
-    elif cosines:
-        out["clip_cosine"] = sum(cosines) / len(cosines)
-    recon = [d["reconstruction"] for d in diagnostics if "reconstruction" in d]
-    if recon:
-        out["reconstruction"] = {
-            "rel_error": sum(r[0] for r in recon) / len(recon),
-            "cosine": sum(r[1] for r in recon) / len(recon),
-        }
-    return out
