@@ -10,7 +10,13 @@ from drencoder.errors import ConfigError
 from drencoder.evaluation import score_multiple_choice
 from drencoder.lora import LoraSettings, attach_lora
 from drencoder.lora.adapter import adapted_layers
-from drencoder.lora.prefix import PrefixCachedLM, StateStore, fingerprint, prefix_cached
+from drencoder.lora.prefix import (
+    POSITION_LOCAL,
+    PrefixCachedLM,
+    StateStore,
+    fingerprint,
+    prefix_cached,
+)
 from drencoder.lora.training import batch_loss
 from helpers import make_tiny_llama, make_tiny_tokenizer, tiny_sentiment_items
 
@@ -88,6 +94,45 @@ def test_loss_and_gradients_equal_the_full_model(loss_on, arch):
     for name in g_plain:
         torch.testing.assert_close(g_cached[name], g_plain[name], rtol=1e-4, atol=1e-6)
     assert any(bool(g.abs().sum() > 0) for g in g_plain.values())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_the_last_layer_computes_only_the_needed_positions(arch):
+    """With the letters loss one position per example reaches the last layer's query
+    projection, output projection and MLP; the layer is restored afterwards."""
+    tok = make_tiny_tokenizer()
+    make = make_tiny_llama if arch == "llama" else make_tiny_gemma3
+    _, cached = _pair(make, "top:1")
+    batch = collate(
+        build_examples(ITEMS, tok, fmt=SENTIMENT_FORMAT, max_length=200, loss_on="letters"),
+        pad_token_id=0,
+    )
+    last = cached._parts["decoder"].layers[-1]
+    seen: dict[str, tuple] = {}
+
+    def record(name):
+        def hook(module, args, out) -> None:
+            seen[name] = tuple(args[0].shape)
+
+        return hook
+
+    # The inner layers see what the patched forwards pass on.
+    inner = {
+        "q": "self_attn.q_proj.base_layer",
+        "k": "self_attn.k_proj.base_layer",
+        "mlp": "mlp.down_proj",
+    }
+    handles = [
+        last.get_submodule(path).register_forward_hook(record(name)) for name, path in inner.items()
+    ]
+    batch_loss(cached, batch).backward()
+    for h in handles:
+        h.remove()
+    n, length = batch["input_ids"].shape
+    assert seen["q"][:2] == (n, 1)
+    assert seen["mlp"][:2] == (n, 1)
+    assert seen["k"][:2] == (n, length)  # keys feed every later position
+    assert not any("forward" in last.get_submodule(m).__dict__ for m in POSITION_LOCAL)
 
 
 def test_letters_loss_is_the_cross_entropy_over_the_choice_letters():

@@ -20,6 +20,19 @@ noise. With labels, logits are formed only at the labelled positions (and the lo
 same mean cross-entropy the model computes), which avoids a ``batch × length × vocabulary``
 tensor; with the letters loss, only the choice letters' rows of the output head are used.
 
+Only the positions the output needs, in the last layer. Training reads the top's output
+at the labelled positions only, and scoring at the last ``logits_to_keep`` positions. In
+the last decoder layer every other position's output is discarded, and a position's query
+projection, attention output projection and MLP feed only that position's own output
+(keys and values feed every later position, so they are computed everywhere). While the
+top runs, the last layer's ``self_attn.q_proj``, ``self_attn.o_proj`` and ``mlp`` are
+therefore applied to those positions only and give zeros elsewhere
+(:func:`needed_positions_only`); with one labelled token per example (the letters loss)
+this removes most of the top layer's work. Outputs and gradients at the needed positions
+are unchanged, and the batch stays the first dimension, so per-example gradients
+(:mod:`drencoder.lora.per_example`) see the same layout. Layers without those submodules
+run in full.
+
 How the layers are run. The decoder's own ``forward`` (masks, rotary embeddings, sliding
 windows) is called with its ``layers`` list temporarily cut to the prefix (and the final
 norm replaced by the identity) or to the top, and ``inputs_embeds`` set to the cached
@@ -159,6 +172,60 @@ def fingerprint(causal_lm, start: int) -> str:
     return digest.hexdigest()
 
 
+# Submodules of a decoder layer whose output at a position feeds only that position's
+# output (Llama, Qwen2, Mistral, Gemma 3 names).
+POSITION_LOCAL = ("self_attn.q_proj", "self_attn.o_proj", "mlp")
+
+
+def _gathered(forward, index: torch.Tensor):
+    """``forward`` applied to the positions ``index`` ``[batch, k]`` of its ``[batch, length,
+    features]`` input; zeros at every other position."""
+
+    def at_positions(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        picked = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        y = forward(picked, *args, **kwargs)
+        out = y.new_zeros((*x.shape[:2], y.shape[-1]))
+        return out.scatter(1, index.unsqueeze(-1).expand(-1, -1, y.shape[-1]), y)
+
+    return at_positions
+
+
+@contextlib.contextmanager
+def needed_positions_only(layer: torch.nn.Module, needed: torch.Tensor | None) -> Iterator[None]:
+    """While inside, ``layer``'s position-local submodules (:data:`POSITION_LOCAL`) compute
+    only the positions where ``needed`` ``[batch, length]`` is true; see module doc.
+
+    Each row computes the same number ``k`` of positions (the most any row needs, padded with
+    distinct unneeded positions of that row), so the batch stays the first dimension."""
+    if needed is None:
+        yield
+        return
+    k = max(1, int(needed.sum(1).max()))
+    if k >= needed.shape[1]:
+        yield
+        return
+    # Needed positions first (in order), then the others; every index distinct in its row.
+    order = torch.argsort((~needed).to(torch.int8), dim=1, stable=True)
+    index = order[:, :k].to(next(layer.parameters()).device)
+    patched = []
+    for name in POSITION_LOCAL:
+        try:
+            module = layer.get_submodule(name)
+        except AttributeError:
+            continue
+        own = module.__dict__.get("forward")
+        module.forward = _gathered(module.forward, index)
+        patched.append((module, own))
+    try:
+        yield
+    finally:
+        for module, own in patched:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+
+
 class PrefixCachedLM(torch.nn.Module):
     """A PEFT causal LM whose frozen first ``start`` layers are read from a cache.
 
@@ -169,7 +236,15 @@ class PrefixCachedLM(torch.nn.Module):
 
     accepts_choice_ids = True
 
-    def __init__(self, peft_model, *, start: int, store: StateStore, batch_size: int = 32):
+    def __init__(
+        self,
+        peft_model,
+        *,
+        start: int,
+        store: StateStore,
+        batch_size: int = 32,
+        needed_only: bool = True,
+    ):
         super().__init__()
         causal_lm = peft_model.get_base_model()
         decoder = _decoder(causal_lm)
@@ -187,6 +262,8 @@ class PrefixCachedLM(torch.nn.Module):
         self.start = start
         self.store = store
         self.batch_size = batch_size
+        # False runs every position of the last layer (for comparison; same results).
+        self.needed_only = needed_only
         self.softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
 
     # -- running part of the decoder ----------------------------------------------------
@@ -305,7 +382,18 @@ class PrefixCachedLM(torch.nn.Module):
         )
         for i, s in enumerate(states):
             hidden[i, real[i]] = s.to(device)
-        with self._only(self.start, len(self._parts["decoder"].layers), final_norm=True) as top:
+        needed = None
+        if self.needed_only and (labels is not None or logits_to_keep):
+            needed = torch.zeros_like(real)
+            if labels is not None:
+                needed[:, :-1] = labels[:, 1:].to(real.device) != -100
+            else:
+                needed[:, -logits_to_keep:] = True
+        layers = self._parts["decoder"].layers
+        with (
+            self._only(self.start, len(layers), final_norm=True) as top,
+            needed_positions_only(layers[-1], needed),
+        ):
             hidden = top(
                 inputs_embeds=hidden,
                 attention_mask=attention_mask,
