@@ -164,3 +164,27 @@ def test_pld_grid_coarsens_for_small_noise_and_keeps_an_upper_bound():
         tracemalloc.stop()
     assert peak < 200e6
     assert A.epsilon(tiny, delta=1e-5, accountant="rdp") >= eps > 1000
+
+
+@pytest.mark.parametrize("relation", ["add-remove", "replace-one"])
+def test_pld_reuses_subsampled_gaussian_plds_and_gives_the_same_epsilon(relation):
+    """The reused PLD of a Poisson-subsampled Gaussian gives exactly dp-accounting's ε, also
+    composed with other events, and is built once for all counts."""
+    from drencoder.accounting.accountants import _NEIGHBORING, _subsampled_gaussian_pld
+
+    step = dp_accounting.PoissonSampledDpEvent(0.3, dp_accounting.GaussianDpEvent(1.7))
+    other = dp_accounting.GaussianDpEvent(5.0)
+    _subsampled_gaussian_pld.cache_clear()
+    for count in (1, 3, 7):
+        event = dp_accounting.ComposedDpEvent(
+            [dp_accounting.SelfComposedDpEvent(step, count), other]
+        )
+        plain = pld_privacy_accountant.PLDAccountant(
+            neighboring_relation=_NEIGHBORING[A.parse_relation(relation)],
+            value_discretization_interval=1e-4,
+        )
+        plain.compose(event)
+        got = A.epsilon(event, delta=1e-5, accountant="pld", relation=relation)
+        assert got == plain.get_epsilon(1e-5)
+    info = _subsampled_gaussian_pld.cache_info()
+    assert info.misses == 1 and info.hits == 2
