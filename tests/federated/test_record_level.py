@@ -183,6 +183,66 @@ def test_config_refuses_what_record_level_dp_cannot_honour(overrides, match):
 def test_record_space_without_the_record_unit_is_refused():
     with pytest.raises(ConfigError, match="has no effect with privacy.unit = 'client'"):
         load_config(preset="smoke", overrides=["privacy.record_space=latent"])
+    with pytest.raises(ConfigError, match="has no effect with privacy.unit = 'client'"):
+        load_config(preset="smoke", overrides=["privacy.record_group=2"])
+
+
+def test_record_groups_are_accounted_under_replace_one_of_an_example(tmp_path):
+    """Groups of 2: the ledger is replace-one (PLD of dp-accounting's REPLACE_ONE
+    subsampled Gaussian), rdp has no analysis, and a stated add-remove is warned about."""
+    from drencoder.accounting import Relation, relation_warning, resolve_relation
+
+    sim = tiny_simulator(
+        tmp_path / "run",
+        [*BASE, "method=dp-fedavg-lora", "privacy.record_group=2", "privacy.noise_multiplier=1.5"],
+    )
+    summary = sim.run()
+    p = summary["privacy"]
+    assert p["unit"] == "record" and p["relation"] == "replace-one"
+    assert p["epsilon"]["rdp"] is None
+    acc = dp_accounting.pld.PLDAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    acc.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.5)), 2
+        )
+    )
+    assert p["record"]["epsilon_worst_client"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+    assert "per group of 2 examples" in sim.ledger.entries[-1].label
+    record = RecordDpSgd.from_json(RecordDpSgd.from_config(sim.config, 1.5).to_json())
+    assert record.group == 2 and record.relation is Relation.REPLACE_ONE
+    kw = {"placement": "local", "sampling": "poisson", "unit": "record"}
+    assert resolve_relation("auto", **kw, record_group=2) is Relation.REPLACE_ONE
+    assert resolve_relation("auto", **kw) is Relation.ADD_REMOVE
+    assert "regroups" in relation_warning("add-remove", **kw, record_group=2)
+    assert relation_warning("add-remove", **kw) is None
+    with pytest.raises(ConfigError, match="rdp cannot account"):
+        load_config(
+            preset="smoke", overrides=[*BASE, "privacy.record_group=2", "privacy.accountant=rdp"]
+        )
+    # Whole groups of consecutive examples are sampled; per example without groups.
+    examples = sim.workload.clients[0]
+    batches = sim.workload.poisson_batches(
+        0, steps=30, rate=0.5, generator=torch.Generator().manual_seed(0), group=3
+    )
+    sizes = set()
+    for batch in filter(None, batches):
+        picked = batch["group"].tolist()
+        for g in set(picked):
+            whole = len(range(g * 3, min(g * 3 + 3, len(examples))))
+            assert picked.count(g) == whole
+            sizes.add(whole)
+        for row, g in zip(batch["input_ids"], picked, strict=True):
+            assert any(
+                row[: len(examples[j]["input_ids"])].tolist() == examples[j]["input_ids"]
+                for j in range(g * 3, min(g * 3 + 3, len(examples)))
+            )
+    assert sizes == {3, 2}  # 8 examples: groups of 3, 3 and 2
+    plain = sim.workload.poisson_batches(
+        0, steps=3, rate=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    assert all(b is None or "group" not in b for b in plain)
 
 
 # epsilon of `steps` DP-SGD steps PoissonSampled(q, Gaussian(sigma)), computed with Opacus

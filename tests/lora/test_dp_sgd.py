@@ -242,3 +242,33 @@ def test_dp_sgd_settings_are_checked():
     assert DpSgd.for_client(
         clip_norm=1, noise_multiplier=1, batch_size=8, examples=64
     ).expected_batch_size == pytest.approx(8.0)
+
+
+def test_record_groups_sum_their_examples_before_clipping():
+    """With groups the rows of a group are summed, then clipped: the same as clipping the
+    summed rows (same noise draw); replacing one example moves the clipped sum by at most
+    2C, and a whole group never weighs more than C."""
+    torch.manual_seed(0)
+    rows = torch.randn(6, 5) * 3
+    groups = torch.tensor([4, 4, 7, 7, 9, 9])
+    dp = DpSgd(clip_norm=1.0, noise_multiplier=0.5, sample_rate=0.5, examples=12, group=2)
+
+    def grad(x, g):
+        out, n_clipped, _ = noisy_gradient(
+            x, dp, generator=torch.Generator().manual_seed(3), groups=g
+        )
+        return out, n_clipped
+
+    got, n_clipped = grad(rows, groups)
+    want, _ = grad(rows.reshape(3, 2, 5).sum(1), None)
+    torch.testing.assert_close(got, want)
+    assert n_clipped <= 3
+    for trial in range(20):
+        other = rows.clone()
+        other[trial % 6] = torch.randn(5) * 10
+        moved = (grad(other, groups)[0] - got).norm() * dp.expected_batch_size
+        assert float(moved) <= 2 * dp.clip_norm + 1e-5
+    # One group alone, however large its rows: its clipped contribution has norm <= C.
+    alone, _ = grad(rows[:2] * 100, groups[:2])
+    noise_only, _ = grad(rows[:0], groups[:0])
+    assert float((alone - noise_only).norm() * dp.expected_batch_size) <= 1.0 + 1e-5

@@ -80,15 +80,18 @@ def _hides_participation(placement: str, sampling: str) -> bool:
 
 
 def resolve_relation(
-    choice: str, *, placement: str, sampling: str, unit: str = "client"
+    choice: str, *, placement: str, sampling: str, unit: str = "client", record_group: int = 1
 ) -> Relation:
     """The relation to account under: ``auto`` picks the one that holds for the setting.
 
     ``auto`` gives add-remove for record-level DP (``unit = "record"``, DP-SGD over each
-    client's examples) and, at client level, only for ``central`` noise with ``poisson``
-    sampling; replace-one otherwise. An explicit relation is returned as given, so a user
-    can state ε under the other relation on purpose; :func:`relation_warning` says when
-    that choice is weaker than what holds.
+    client's examples) clipped per example, replace-one for record-level DP clipped per
+    group of ``record_group > 1`` consecutive examples (removing an example would regroup
+    the ones after it; replacing one changes only its own group) and, at client level,
+    add-remove only for ``central`` noise with ``poisson`` sampling; replace-one otherwise.
+    An explicit relation is returned as given, so a user can state ε under the other
+    relation on purpose; :func:`relation_warning` says when that choice is weaker than what
+    holds.
     """
     if choice not in RELATION_CHOICES:
         raise ConfigError(
@@ -96,7 +99,9 @@ def resolve_relation(
             "use 'auto' to pick the relation that holds for the placement and sampling"
         )
     if _check_setting("unit", unit, UNITS) == "record":
-        return Relation.ADD_REMOVE if choice == "auto" else Relation(choice)
+        if choice != "auto":
+            return Relation(choice)
+        return Relation.ADD_REMOVE if record_group == 1 else Relation.REPLACE_ONE
     hides = _hides_participation(placement, sampling)
     if choice == "auto":
         return Relation.ADD_REMOVE if hides else Relation.REPLACE_ONE
@@ -104,7 +109,12 @@ def resolve_relation(
 
 
 def relation_warning(
-    relation: str | Relation, *, placement: str, sampling: str, unit: str = "client"
+    relation: str | Relation,
+    *,
+    placement: str,
+    sampling: str,
+    unit: str = "client",
+    record_group: int = 1,
 ) -> str | None:
     """A one-line warning when ``relation`` claims more than the setting supports, else None.
 
@@ -115,6 +125,13 @@ def relation_warning(
     """
     relation = parse_relation(relation)
     if _check_setting("unit", unit, UNITS) == "record":
+        if relation is Relation.ADD_REMOVE and record_group > 1:
+            return (
+                f"relation add-remove with record groups of {record_group} examples: "
+                "removing an example regroups the examples after it, so add-remove is not "
+                "what DP-SGD over fixed groups bounds; the replace-one epsilon is the one "
+                "that holds (relation auto or replace-one)"
+            )
         return None  # add-remove of one example holds for DP-SGD (module docstring)
     if relation is Relation.ADD_REMOVE and not _hides_participation(placement, sampling):
         return (

@@ -220,6 +220,12 @@ def _check_record_unit(config, changed: set[str]) -> None:
                 "privacy.unit = 'client': set privacy.unit = record (DP-SGD in each client) "
                 "or drop privacy.record_space"
             )
+        if p.record_group != 1:
+            raise ConfigError(
+                f"privacy.record_group = {p.record_group} has no effect with privacy.unit = "
+                "'client': set privacy.unit = record (DP-SGD in each client) or drop "
+                "privacy.record_group"
+            )
         return
     if not spec_for(config.method).private:
         raise ConfigError(
@@ -265,11 +271,19 @@ def _check_accountant(config) -> None:
                 "approximation that can understate epsilon; use pld (default) or rdp. GDP "
                 "is still reported."
             )
-        if p.accountant == "rdp" and p.relation == Relation.REPLACE_ONE.value:
+        relation = resolve_relation(
+            p.relation,
+            placement=p.placement.value,
+            sampling=s.scheme.value,
+            unit=p.unit.value,
+            record_group=p.record_group,
+        )
+        if p.accountant == "rdp" and relation is Relation.REPLACE_ONE:
             raise ConfigError(
                 "privacy.accountant = rdp cannot account Poisson-subsampled DP-SGD steps "
-                "under privacy.relation = replace-one (dp-accounting's RDP has no such "
-                "analysis); use pld (default) or relation = auto (add-remove)"
+                "under replace-one (privacy.relation = replace-one, or record groups, "
+                "privacy.record_group > 1; dp-accounting's RDP has no such analysis); use "
+                "pld (default)"
             )
         return
     amplified = (

@@ -176,6 +176,16 @@ class PrivacyConfig(_Section):
             "dp-random-projection and dr-encoder only)."
         ),
     )
+    record_group: int = field(
+        default=1,
+        metadata=_help(
+            "Record unit only: clip per group of this many consecutive examples of a "
+            "client (micro-batch clipping): whole groups are Poisson-sampled, each group's "
+            "summed gradient is clipped to C. 1 = per example. With groups epsilon is "
+            "stated under replace-one of one example. See docs/privacy.md.",
+            ge=1,
+        ),
+    )
     noise_multiplier: float | None = field(
         default=None,
         metadata=_help("sigma; none = calibrate from target_epsilon for the planned run.", gt=0),

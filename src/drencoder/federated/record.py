@@ -15,6 +15,15 @@ Participation in a round is not a privacy event at this level and gives no furth
 amplification (none is claimed). The update a client sends is post-processing of its
 DP-SGD run: it is encoded, not clipped or noised again.
 
+Record groups (``privacy.record_group`` = m > 1, micro-batch clipping): the client's
+examples form fixed groups of m consecutive examples; a step samples whole groups at rate
+q_i, and each sampled group's summed gradient is clipped to C. Replacing one example
+changes only its group's clipped vector (from x to y, both of norm at most C), and the
+group is sampled with the same probability either way: the step is
+``PoissonSampled(q_i, Gaussian(σ))`` under replace-one of one example, which the PLD
+accountant analyses (RDP has no subsampled replace-one analysis). Add-remove is not
+claimed: removing an example would regroup the examples after it.
+
 Calibration plans for the worst client: the one with the fewest examples (largest q),
 taking part in every round, for ``rounds × steps`` steps (plus the stage-1 charge of
 DR-Encoder). Budget stop per client: before a round, a sampled client whose charge would
@@ -42,6 +51,7 @@ _KEYS = {
     "batch_size": (int,),
     "steps": (int,),
     "space": (str,),
+    "group": (int,),
 }
 
 
@@ -62,12 +72,14 @@ class RecordDpSgd:
     batch_size: int
     steps: int
     space: str = RecordSpace.LORA.value
+    group: int = 1
+    """Examples per clipped group (1: per-example clipping); see module doc."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clip_norm", check_clip_norm(self.clip_norm))
         object.__setattr__(self, "noise_multiplier", check_noise_multiplier(self.noise_multiplier))
         object.__setattr__(self, "space", RecordSpace(self.space).value)
-        for name in ("batch_size", "steps"):
+        for name in ("batch_size", "steps", "group"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"record DP-SGD {name} must be an integer >= 1, got {value!r}")
@@ -80,6 +92,7 @@ class RecordDpSgd:
             batch_size=config.data.batch_size,
             steps=config.local.steps,
             space=config.privacy.record_space.value,
+            group=config.privacy.record_group,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -103,6 +116,14 @@ class RecordDpSgd:
     def sample_rate(self, examples: int) -> float:
         return sample_rate(batch_size=self.batch_size, examples=examples)
 
+    @property
+    def relation(self) -> accounting.Relation:
+        """What one step's event is stated under: add-remove of one example, or replace-one
+        with record groups (module doc)."""
+        return (
+            accounting.Relation.ADD_REMOVE if self.group == 1 else accounting.Relation.REPLACE_ONE
+        )
+
     def event(self, examples: int) -> dp_event.DpEvent:
         """What one round costs a client holding ``examples`` examples."""
         return round_event(
@@ -113,11 +134,12 @@ class RecordDpSgd:
 
     def label(self, t: int, examples: int) -> str:
         q = self.sample_rate(examples)
+        unit = "per example" if self.group == 1 else f"per group of {self.group} examples"
         return (
             f"round {t}: record-level DP-SGD, {self.steps} steps at q={q:g}"
-            f" ({self.batch_size}/{examples} examples), C={self.clip_norm:g} per example, "
+            f" ({self.batch_size}/{examples} examples), C={self.clip_norm:g} {unit}, "
             f"sigma={self.noise_multiplier:g}, clipped and noised in the {self.space} space, "
-            "add-remove of one example"
+            f"{self.relation.value} of one example"
         )
 
 

@@ -74,22 +74,35 @@ class Workload:
         ]
 
     def poisson_batches(
-        self, client: int, *, steps: int, rate: float, generator: torch.Generator
+        self,
+        client: int,
+        *,
+        steps: int,
+        rate: float,
+        generator: torch.Generator,
+        group: int = 1,
     ) -> list[dict[str, torch.Tensor] | None]:
         """``steps`` Poisson-sampled batches for record-level DP-SGD: each of the client's
-        examples enters each batch independently with probability ``rate``. An empty batch
-        is None (the step still adds its noise). ``generator`` must be the client's
-        private one: which examples a step used is part of the mechanism."""
+        examples (with ``group`` = m > 1: each fixed group of m consecutive examples, the
+        last one possibly shorter) enters each batch independently with probability
+        ``rate``; with groups a batch's ``"group"`` holds each row's group. An empty batch is
+        None (the step still adds its noise). ``generator`` must be the client's private
+        one: which examples a step used is part of the mechanism."""
         examples = self.clients[client]
+        n_groups = -(-len(examples) // group)
         out: list[dict[str, torch.Tensor] | None] = []
         for _ in range(steps):
-            draws = torch.rand(len(examples), generator=generator, dtype=torch.float64)
-            picks = (draws < rate).nonzero().reshape(-1).tolist()
-            out.append(
-                collate([examples[j] for j in picks], pad_token_id=self.pad_token_id)
-                if picks
-                else None
-            )
+            draws = torch.rand(n_groups, generator=generator, dtype=torch.float64)
+            chosen = (draws < rate).nonzero().reshape(-1).tolist()
+            n = len(examples)
+            picks = [j for g in chosen for j in range(g * group, min((g + 1) * group, n))]
+            if not picks:
+                out.append(None)
+                continue
+            batch = collate([examples[j] for j in picks], pad_token_id=self.pad_token_id)
+            if group > 1:
+                batch["group"] = torch.tensor([j // group for j in picks], dtype=torch.long)
+            out.append(batch)
         return out
 
 

@@ -24,6 +24,13 @@ the sum by at most C in the latent) because the encoder is a fixed function that
 not depend on the data of this step; the decoder is post-processing. The noise then has k
 coordinates instead of d, DR-Encoder's idea applied per example.
 
+Record groups (``group`` = m > 1, micro-batch clipping): the batch's rows carry their
+group (``batch["group"]``, fixed groups of m consecutive examples of the client, sampled
+whole); step 2 sums each group's per-example gradients and clips the sum, step 3 noises
+the sum of the clipped groups as before. The division by q·n still gives a mean per
+example. The sensitivity argument is then replace-one of an example
+(:mod:`drencoder.federated.record`).
+
 ``max_grad_norm`` of the local settings still applies, to the noisy gradient (stability
 only; post-processing). Steps, learning rate and optimizer are the client's local
 settings.
@@ -74,6 +81,8 @@ class DpSgd:
     sample_rate: float
     examples: int
     """n, the client's number of examples (q·n is the expected batch size)."""
+    group: int = 1
+    """Examples per clipped group (1: per-example clipping)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clip_norm", check_clip_norm(self.clip_norm))
@@ -84,12 +93,22 @@ class DpSgd:
         n = self.examples
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"examples must be an integer >= 1, got examples={n!r}")
+        m = self.group
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ConfigError(f"group must be an integer >= 1, got group={m!r}")
 
     @classmethod
     def for_client(
-        cls, *, clip_norm: float, noise_multiplier: float, batch_size: int, examples: int
+        cls,
+        *,
+        clip_norm: float,
+        noise_multiplier: float,
+        batch_size: int,
+        examples: int,
+        group: int = 1,
     ) -> DpSgd:
-        """q = min(1, batch_size / examples): an expected batch of ``batch_size``."""
+        """q = min(1, batch_size / examples): an expected batch of ``batch_size`` examples
+        (each group of ``group`` examples is sampled at rate q)."""
         if examples < 1:
             raise ConfigError(f"a client needs at least one example, got {examples}")
         return cls(
@@ -97,6 +116,7 @@ class DpSgd:
             noise_multiplier=noise_multiplier,
             sample_rate=min(1.0, batch_size / examples),
             examples=examples,
+            group=group,
         )
 
     @property
@@ -111,7 +131,7 @@ class DpSgdReport:
     losses: list[float]
     batch_sizes: list[int]
     clipped_fraction: float
-    """Share of per-example gradients whose norm exceeded C."""
+    """Share of per-example (or per-group) gradients whose norm exceeded C."""
     clip_cosine: float = math.nan
     """Mean over the steps of the cosine between the clipped and the unclipped sum of the
     step's per-example gradients (in the space they were clipped in): 1 when clipping kept
@@ -125,12 +145,18 @@ def noisy_gradient(
     generator: torch.Generator,
     space: GradientSpace | None = None,
     dim: int | None = None,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int, float]:
     """One DP-SGD gradient ``[d]`` from per-example gradients ``[b, d]`` (b may be 0), how
-    many of them were clipped, and the cosine between their clipped and unclipped sums
-    (:func:`~drencoder.mechanisms.clip_cosine`; NaN for b = 0). With ``space`` they are
-    encoded, clipped and noised in its latent and the noisy sum decoded; ``dim`` is d when
-    b = 0 without a space."""
+    many clipped vectors exceeded C, and the cosine between their clipped and unclipped sums
+    (:func:`~drencoder.mechanisms.clip_cosine`; NaN for b = 0). With ``groups`` (``[b]``,
+    each row's group) the rows of a group are summed first and the groups clipped. With
+    ``space`` they are encoded, clipped and noised in its latent and the noisy sum decoded;
+    ``dim`` is d when b = 0 without a space."""
+    if groups is not None and per_example.shape[0]:
+        _, inverse = torch.unique(groups, return_inverse=True)
+        summed_rows = per_example.new_zeros((int(inverse.max()) + 1, per_example.shape[1]))
+        per_example = summed_rows.index_add_(0, inverse.to(per_example.device), per_example)
     if space is not None:
         k = int(space.latent_dim)
         x = space.encode(per_example) if per_example.shape[0] else per_example[:, :0]
@@ -185,6 +211,7 @@ def train_local_dp(
         with training_mode(model, True), seeded(seed, model):
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
+                groups = None
                 if batch is None:
                     per_example = torch.zeros((0, layout.dim), dtype=torch.float32)
                 else:
@@ -192,8 +219,15 @@ def train_local_dp(
                         model, _prepare(batch, device), layout=layout
                     )
                     report.losses.append(loss)
+                    if dp.group > 1:
+                        groups = batch["group"]
                 grad, n_clipped, cosine = noisy_gradient(
-                    per_example.cpu(), dp, generator=generator, space=space, dim=layout.dim
+                    per_example.cpu(),
+                    dp,
+                    generator=generator,
+                    space=space,
+                    dim=layout.dim,
+                    groups=groups,
                 )
                 if not bool(torch.isfinite(grad).all()):
                     raise ConfigError("DP-SGD produced a non-finite gradient; lower the lr")
@@ -205,7 +239,7 @@ def train_local_dp(
                 optimizer.step()
                 report.batch_sizes.append(per_example.shape[0])
                 clipped += n_clipped
-                total += per_example.shape[0]
+                total += per_example.shape[0] if groups is None else len(set(groups.tolist()))
                 if math.isfinite(cosine):
                     cosines.append(cosine)
     finally:

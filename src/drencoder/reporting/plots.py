@@ -51,7 +51,11 @@ def plot_run(rows: Sequence[MetricsRow], out_dir: str | Path) -> dict[str, str]:
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name in ACCOUNTANTS:
-        pts = [(r["round"], r["epsilon"][name]) for r in done if r.get("epsilon")]
+        pts = [
+            (r["round"], r["epsilon"][name])
+            for r in done
+            if r.get("epsilon") and r["epsilon"].get(name) is not None
+        ]
         if pts:
             ax.plot(*zip(*pts, strict=True), "o-", label=name)
     ax.set(xlabel="round", ylabel="epsilon (worst client)", title="privacy spent")

@@ -99,7 +99,7 @@ class RoundRow(TypedDict):
     participants: list[int]
     failed: dict[str, str]
     rejected: dict[str, str]
-    epsilon: dict[str, float] | None
+    epsilon: dict[str, float | None] | None  # None: no analysis under the relation
     unit: NotRequired[str | None]  # absent in rows written before record-level DP
     relation: str | None
     noise_multiplier: float | None
@@ -267,7 +267,7 @@ class PrivacySummary(TypedDict):
 
     private: bool
     delta: NotRequired[float]
-    epsilon: NotRequired[dict[str, float] | None]
+    epsilon: NotRequired[dict[str, float | None] | None]
     relation: NotRequired[str]
     relation_warning: NotRequired[str | None]
     holds_against: NotRequired[str]

@@ -126,11 +126,16 @@ class ClientRuntime:
             noise_multiplier=record.noise_multiplier,
             batch_size=record.batch_size,
             examples=examples,
+            group=record.group,
         )
         # Which examples a step uses is part of the mechanism (Poisson sampling): drawn from
         # this client's private generator, never from a seed the server knows.
         batches = self.workload.poisson_batches(
-            task.client, steps=record.steps, rate=dp.sample_rate, generator=self.noise_generator
+            task.client,
+            steps=record.steps,
+            rate=dp.sample_rate,
+            generator=self.noise_generator,
+            group=record.group,
         )
         space = codec if record.space == RecordSpace.LATENT.value else None
         return local_update_dp(

@@ -73,6 +73,7 @@ def relation(config: RunConfig) -> accounting.Relation:
         placement=config.privacy.placement.value,
         sampling=config.sampling.scheme.value,
         unit=config.privacy.unit.value,
+        record_group=config.privacy.record_group,
     )
 
 
@@ -83,6 +84,7 @@ def relation_warning(config: RunConfig) -> str | None:
         placement=config.privacy.placement.value,
         sampling=config.sampling.scheme.value,
         unit=config.privacy.unit.value,
+        record_group=config.privacy.record_group,
     )
 
 

@@ -486,7 +486,7 @@ class FederatedServer:
                 break
             eps = self.epsilons()
             if eps:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in eps.items()})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in eps.items() if v is not None})
         if not self.rows or self.rows[-1]["kind"] != "eval":
             self.evaluate()
         return self.finish()

@@ -17,7 +17,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from drencoder.accounting import Relation
 from drencoder.config.methods import spec_for
 from drencoder.errors import ConfigError
 from drencoder.federated.client.policy import (
@@ -250,7 +249,7 @@ def train(message: Message, context: Context) -> Message:
     if mechanism.dp_sgd is not None:
         # Record-level: this node's own DP-SGD steps, at q from its own example count.
         records_ledger = NodeLedger(
-            record_ledger_path(path), delta=policy.delta, relation=Relation.ADD_REMOVE
+            record_ledger_path(path), delta=policy.delta, relation=mechanism.dp_sgd.relation
         )
         records_event = record_event(mechanism, examples=len(runtime.workload.clients[pid]))
         records_ledger.check(records_event, policy.max_record_epsilon)
