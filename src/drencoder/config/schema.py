@@ -441,8 +441,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # round; each runs one DP-SGD step per round on a Poisson batch (q = 0.1), epsilon per
     # record, client updates sent without client-level noise. FFA-LoRA on v and o only (the
     # fewest coordinates that carry the gradient: the noise norm grows with their square
-    # root); C = 2 sits above most per-example gradient norms, since clipping them shorter
-    # turns the mean gradient around (docs/results.md); FedAdam at 0.03 for 20 rounds.
+    # root); clipped per group of two examples at C = 0.5 (a single example's gradient
+    # clipped that short loses the mean's direction; a pair mixes the answers and keeps it,
+    # docs/results.md), epsilon under replace-one of an example; FedAdam 0.03, 20 rounds.
     "cross-silo": {
         **{k: v for k, v in _CROSS_DEVICE.items() if k != "privacy.placement"},
         "method": "ffa-lora-dp",
@@ -453,7 +454,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sampling.rate": 1.0,
         "rounds": 20,
         "privacy.unit": "record",
-        "privacy.clip_norm": 2.0,
+        "privacy.record_group": 2,
+        "privacy.clip_norm": 0.5,
         "server.lr": 0.03,
         "eval.every": 0,
     },
