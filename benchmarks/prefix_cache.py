@@ -73,8 +73,7 @@ def main() -> None:
     workload = build_workload(config, tokenizer)
     cached = prefix_cached(model, mode="memory")
     assert isinstance(cached, PrefixCachedLM)
-    all_positions = PrefixCachedLM(model, start=cached.start, store=cached.store)
-    all_positions.needed_only = False
+    all_positions = PrefixCachedLM(model, start=cached.start, store=cached.store, needed_only=False)
     lms = {"full": model, "all_positions": all_positions, "cached": cached}
     rows = [ex["input_ids"] for client in workload.clients for ex in client]
     started = time.perf_counter()

@@ -79,6 +79,13 @@ def _hides_participation(placement: str, sampling: str) -> bool:
     return placement == "central" and sampling == "poisson"
 
 
+def record_relation(record_group: int = 1) -> Relation:
+    """The relation record-level DP-SGD bounds: add-remove of one example when it clips
+    per example, replace-one when it clips per group of ``record_group > 1`` consecutive
+    examples (removing an example would regroup the ones after it)."""
+    return Relation.ADD_REMOVE if record_group == 1 else Relation.REPLACE_ONE
+
+
 def resolve_relation(
     choice: str, *, placement: str, sampling: str, unit: str = "client", record_group: int = 1
 ) -> Relation:
@@ -99,9 +106,7 @@ def resolve_relation(
             "use 'auto' to pick the relation that holds for the placement and sampling"
         )
     if _check_setting("unit", unit, UNITS) == "record":
-        if choice != "auto":
-            return Relation(choice)
-        return Relation.ADD_REMOVE if record_group == 1 else Relation.REPLACE_ONE
+        return record_relation(record_group) if choice == "auto" else Relation(choice)
     hides = _hides_participation(placement, sampling)
     if choice == "auto":
         return Relation.ADD_REMOVE if hides else Relation.REPLACE_ONE
@@ -125,7 +130,7 @@ def relation_warning(
     """
     relation = parse_relation(relation)
     if _check_setting("unit", unit, UNITS) == "record":
-        if relation is Relation.ADD_REMOVE and record_group > 1:
+        if relation is Relation.ADD_REMOVE and record_relation(record_group) is not relation:
             return (
                 f"relation add-remove with record groups of {record_group} examples: "
                 "removing an example regroups the examples after it, so add-remove is not "

@@ -120,9 +120,7 @@ class RecordDpSgd:
     def relation(self) -> accounting.Relation:
         """What one step's event is stated under: add-remove of one example, or replace-one
         with record groups (module doc)."""
-        return (
-            accounting.Relation.ADD_REMOVE if self.group == 1 else accounting.Relation.REPLACE_ONE
-        )
+        return accounting.record_relation(self.group)
 
     def event(self, examples: int) -> dp_event.DpEvent:
         """What one round costs a client holding ``examples`` examples."""

@@ -89,12 +89,12 @@ class Workload:
         None (the step still adds its noise). ``generator`` must be the client's private
         one: which examples a step used is part of the mechanism."""
         examples = self.clients[client]
-        n_groups = -(-len(examples) // group)
+        n = len(examples)
+        n_groups = -(-n // group)
         out: list[dict[str, torch.Tensor] | None] = []
         for _ in range(steps):
             draws = torch.rand(n_groups, generator=generator, dtype=torch.float64)
             chosen = (draws < rate).nonzero().reshape(-1).tolist()
-            n = len(examples)
             picks = [j for g in chosen for j in range(g * group, min((g + 1) * group, n))]
             if not picks:
                 out.append(None)

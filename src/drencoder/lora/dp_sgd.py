@@ -239,7 +239,7 @@ def train_local_dp(
                 optimizer.step()
                 report.batch_sizes.append(per_example.shape[0])
                 clipped += n_clipped
-                total += per_example.shape[0] if groups is None else len(set(groups.tolist()))
+                total += per_example.shape[0] if groups is None else groups.unique().numel()
                 if math.isfinite(cosine):
                     cosines.append(cosine)
     finally:
