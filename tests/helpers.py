@@ -77,6 +77,17 @@ def make_tiny_llama(seed: int = 0, *, vocab_size: int = len(TINY_VOCAB)):
     return copy.deepcopy(model)
 
 
+def tiny_model_and_tokenizer():
+    """A fresh tiny model and its tokenizer: a module-level ``model_factory`` that worker
+    processes can import."""
+    return make_tiny_llama(), make_tiny_tokenizer()
+
+
+def no_model():
+    """A ``model_factory`` that fails, as a run whose model cannot be loaded."""
+    raise RuntimeError("no model here")
+
+
 def tiny_simulator(run_dir, overrides, *, hook=None):
     """A Simulator of the smoke preset plus ``overrides``, on a fresh tiny model."""
     from drencoder.config import load_config

@@ -12,7 +12,7 @@ from drencoder.compare.table import stat, verdict
 from drencoder.config import Method
 from drencoder.errors import ConfigError
 from drencoder.federated import simulator as sim_mod
-from helpers import make_tiny_llama, make_tiny_tokenizer
+from helpers import make_tiny_llama, make_tiny_tokenizer, no_model, tiny_model_and_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
@@ -145,6 +145,40 @@ def test_comparison_runs_tables_and_reuses_finished_runs(tmp_path, monkeypatch):
         and redone["run_task"]
         == next(r for r in result["records"] if r["name"] == "dr-encoder_eps8_seed1")["run_task"]
     )
+
+
+def test_the_spec_survives_its_json():
+    s = spec(
+        method_overrides={"dr-encoder": ("privacy.clip_norm=0.5",)}, variants=("dr-encoder+proxy",)
+    )
+    assert CompareSpec.from_json(s.to_json()) == s
+
+
+def test_parallel_runs_write_the_same_runs_as_sequential_ones(tmp_path):
+    grid = spec(methods=("fedavg-lora", "dp-fedavg-lora"), seeds=(0,))
+    one = run_comparison(grid, tmp_path / "one", progress=False, model_factory=tiny)
+    two = run_comparison(
+        grid, tmp_path / "two", progress=False, model_factory=tiny_model_and_tokenizer, jobs=2
+    )
+    names = [r["name"] for r in two["records"]]
+    assert names == [r["name"] for r in one["records"]]  # in the grid's order
+    for name in names:
+        assert (tmp_path / "two" / "runs" / name / "summary.json").exists()
+    for a, b in zip(one["records"], two["records"], strict=True):
+        if a["method"] == "fedavg-lora":  # no noise: the same training in either process
+            assert b["run_task"]["accuracy"] == a["run_task"]["accuracy"]
+            assert b["run_task"]["heldout_loss"] == pytest.approx(a["run_task"]["heldout_loss"])
+        else:
+            assert b["epsilon"]["pld"] <= 8.0 and b["noise_multiplier"] == a["noise_multiplier"]
+    assert (tmp_path / "two" / "report.md").exists()
+
+
+def test_a_failed_parallel_run_stops_the_comparison(tmp_path):
+    grid = spec(methods=("fedavg-lora",))
+    with pytest.raises(RuntimeError, match="no model here"):
+        run_comparison(grid, tmp_path / "c", progress=False, model_factory=no_model, jobs=2)
+    with pytest.raises(ConfigError, match="jobs"):
+        run_comparison(grid, tmp_path / "d", progress=False, model_factory=tiny, jobs=0)
 
 
 def test_a_different_grid_is_not_mixed_into_an_existing_one(tmp_path):

@@ -92,6 +92,14 @@ def register(subparsers) -> None:
         help="print one JSON object (out, report and the comparison's summary) instead of "
         "the text lines",
     )
+    p.add_argument(
+        "--jobs",
+        type=argtypes.number(lo=1, integer=True),
+        default=1,
+        metavar="N",
+        help="runs at a time, each in its own process with cores/N torch threads "
+        "(default: %(default)s); on a CPU, one per core is fastest",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -124,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         method_overrides=_method_overrides(args.method_set),
         variants=args.variants,
     )
-    result = run_comparison(spec, args.out, progress=not args.no_progress)
+    result = run_comparison(spec, args.out, progress=not args.no_progress, jobs=args.jobs)
     if args.json:
         record = {"out": str(args.out), "report": f"{args.out}/report.md", **result}
         print(json.dumps(record, indent=1))

@@ -7,6 +7,12 @@ comparison again continues it and computes nothing twice. Each final adapter is 
 once on the extra tasks; the base model once per comparison (``base.json``). Calling it
 again with other tasks (or another question limit or shot count) rescores the saved
 adapters and retrains nothing.
+
+``jobs > 1`` runs that many grid runs at a time, each in its own worker process with an
+equal share of the CPU cores as torch threads (small models on a CPU train faster as
+several one-thread runs than as one run on every core). A worker receives the spec as
+JSON and the name of its run, plans the grid again and writes the run directory exactly
+as the sequential loop does; what is reused or resumed is the same.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from tqdm.auto import tqdm
 from drencoder.compare.plan import CompareSpec, PlannedRun, check_same_spec, plan_runs
 from drencoder.compare.table import summarize_comparison
 from drencoder.config import dump_toml, load_config
-from drencoder.errors import CheckpointError
+from drencoder.errors import CheckpointError, ConfigError
 from drencoder.reporting.schema import evals
 
 RECORD = "compare-record.json"
@@ -130,7 +136,7 @@ def _score_missing(
             model,
             tokenizer,
             spec,
-            batch_size=planned.config.data.batch_size,
+            batch_size=planned.config.eval.batch_size,
             progress=progress,
             tasks=missing,
         )
@@ -177,7 +183,7 @@ def run_one(
     run_seconds = time.perf_counter() - start
     cfg = planned.config
     scores, eval_seconds = _score_tasks(
-        sim.model, sim.tokenizer, spec, batch_size=cfg.data.batch_size, progress=progress
+        sim.model, sim.tokenizer, spec, batch_size=cfg.eval.batch_size, progress=progress
     )
     scored = evals(sim.rows)
     first, last = scored[0], scored[-1]
@@ -218,30 +224,105 @@ def run_one(
     return record
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(
+    spec_json: str, name: str, out_dir: str, model_factory: ModelFactory | None
+) -> dict:
+    """One run of the grid in a worker process (see the module doc)."""
+    spec = CompareSpec.from_json(json.loads(spec_json))
+    planned = next(r for r in plan_runs(spec) if r.name == name)
+    run_dir = Path(out_dir) / "runs" / name
+    return run_one(planned, run_dir, spec, progress=False, model_factory=model_factory)
+
+
+def _run_parallel(
+    runs: list[PlannedRun],
+    spec: CompareSpec,
+    out_dir: Path,
+    *,
+    jobs: int,
+    progress: bool,
+    model_factory: ModelFactory | None,
+) -> list[dict]:
+    """The records of ``runs``, in their order, computed ``jobs`` at a time.
+
+    A failed run stops the comparison: runs not started are cancelled, the ones in
+    progress end first (each is resumable anyway), then the error is raised."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    workers = min(jobs, len(runs))
+    records: list[dict | None] = [None] * len(runs)
+    spec_json = json.dumps(spec.to_json())
+    with (
+        ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(max(1, _cores() // workers),),
+        ) as pool,
+        tqdm(total=len(runs), desc="comparison runs", disable=not progress) as bar,
+    ):
+        futures = {
+            pool.submit(_run_in_worker, spec_json, r.name, str(out_dir), model_factory): i
+            for i, r in enumerate(runs)
+        }
+        try:
+            for future in as_completed(futures):
+                records[futures[future]] = future.result()
+                bar.update()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return records  # type: ignore[return-value]  # every slot was filled
+
+
 def run_comparison(
     spec: CompareSpec,
     out_dir: str | Path,
     *,
     progress: bool = True,
     model_factory: ModelFactory | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Run (or continue) the whole grid into ``out_dir``; write and return the summary.
 
     ``model_factory`` returns a fresh ``(model, tokenizer)`` per run (tests pass tiny
-    models); by default each run loads ``model.name`` from the cache.
+    models); by default each run loads ``model.name`` from the cache. With ``jobs > 1``
+    the runs go to worker processes (see the module doc) and ``model_factory``, if given,
+    must be a module-level function.
     """
     from drencoder.reporting.comparison import write_comparison
 
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
     out_dir = Path(out_dir)
     runs = plan_runs(spec)  # every config validated before anything trains
     check_same_spec(out_dir, spec)
     base = base_scores(spec, out_dir, runs[0], progress=progress, model_factory=model_factory)
-    records = []
-    for planned in tqdm(runs, desc="comparison runs", disable=not progress):
-        run_dir = out_dir / "runs" / planned.name
-        records.append(
-            run_one(planned, run_dir, spec, progress=progress, model_factory=model_factory)
+    if jobs > 1:
+        records = _run_parallel(
+            runs, spec, out_dir, jobs=jobs, progress=progress, model_factory=model_factory
         )
+    else:
+        records = []
+        for planned in tqdm(runs, desc="comparison runs", disable=not progress):
+            run_dir = out_dir / "runs" / planned.name
+            records.append(
+                run_one(planned, run_dir, spec, progress=progress, model_factory=model_factory)
+            )
     result = summarize_comparison(spec, records, base=base)
     write_comparison(out_dir, result)
     return result

@@ -116,6 +116,14 @@ class CompareSpec:
             full.pop(key)
         return full
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CompareSpec:
+        """The spec :meth:`to_json` wrote."""
+        tuples = ("methods", "epsilons", "seeds", "tasks", "overrides", "variants")
+        fields = {k: tuple(v) if k in tuples else v for k, v in data.items()}
+        fields["method_overrides"] = {k: tuple(v) for k, v in data["method_overrides"].items()}
+        return cls(**fields)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "methods": [m.value for m in self.methods],

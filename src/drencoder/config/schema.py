@@ -110,6 +110,14 @@ class EvalConfig(_Section):
         metadata=_help("Score every N rounds; 0 = only before and after training.", ge=0),
     )
     n_shot: int = field(default=0, metadata=_help("Few-shot exemplars in MMLU prompts.", ge=0))
+    batch_size: int = field(
+        default=32,
+        metadata=_help(
+            "Questions per forward pass when scoring (the full-vocabulary output head is "
+            "read once per batch, so small batches are slow on a CPU).",
+            ge=1,
+        ),
+    )
 
 
 @dataclass(frozen=True)

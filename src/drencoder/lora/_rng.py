@@ -30,6 +30,8 @@ def check_seed(seed: int) -> int:
 
 def cuda_devices(module: torch.nn.Module) -> list[int]:
     """Sorted indices of the CUDA devices holding any of ``module``'s parameters/buffers."""
+    if not torch.cuda.is_available():
+        return []  # and no walk over every parameter (once per client update)
     tensors = [*module.parameters(), *module.buffers()]
     return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 

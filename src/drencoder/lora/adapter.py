@@ -22,6 +22,7 @@ FFA-LoRA relies on this: every party can regenerate the frozen ``lora_A`` from t
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -67,6 +68,13 @@ def _require_peft(model) -> None:
         )
 
 
+# model -> (active adapter, its parameters by key): finding them walks every parameter of
+# the model, which a cross-device client's update did several times (a tenth of its time).
+# The parameters of an adapter keep their identity (set_adapter_state and ``.to`` change
+# values in place); another active adapter is looked up afresh.
+_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _adapter_params(peft_model) -> dict[str, torch.nn.Parameter]:
     """Normalised key -> live parameter, for the active adapter's LoRA matrices.
 
@@ -76,6 +84,9 @@ def _adapter_params(peft_model) -> dict[str, torch.nn.Parameter]:
     peft_model = getattr(peft_model, "peft_model", peft_model)
     _require_peft(peft_model)
     name = peft_model.active_adapter
+    cached = _PARAMS.get(peft_model)
+    if cached is not None and cached[0] == name:
+        return dict(cached[1])
     out: dict[str, torch.nn.Parameter] = {}
     for full, param in peft_model.named_parameters():
         parts = full.split(".")
@@ -85,7 +96,8 @@ def _adapter_params(peft_model) -> dict[str, torch.nn.Parameter]:
                 break
     if not out:
         raise ConfigError(f"the model has no LoRA parameters for adapter {name!r}")
-    return out
+    _PARAMS[peft_model] = (name, out)
+    return dict(out)
 
 
 def _check_targets(model: torch.nn.Module, targets: Iterable[str]) -> None:

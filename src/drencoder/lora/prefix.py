@@ -401,7 +401,9 @@ class PrefixCachedLM(torch.nn.Module):
                 use_cache=False,
             ).last_hidden_state
         if labels is None:
-            kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            # Contiguous: the output head on a strided slice ran 6-7 times slower on a
+            # CPU (torch 2.13, a 262k-token head, measured with one thread).
+            kept = hidden[:, -logits_to_keep:].contiguous() if logits_to_keep else hidden
             return CausalLMOutputWithPast(logits=self._logits(kept))
         targets = labels[:, 1:].to(device)
         valid = targets != -100

@@ -293,7 +293,7 @@ class FederatedServer:
             fmt=w.fmt,
             n_shot=ev.n_shot,
             exemplars=w.exemplars,
-            batch_size=self.config.data.batch_size,
+            batch_size=ev.batch_size,
             progress=self.progress,
         )
         self._flush_prefix_cache()
