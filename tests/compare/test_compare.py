@@ -10,7 +10,7 @@ from drencoder.cli.main import main
 from drencoder.compare import CompareSpec, plan_runs, run_comparison
 from drencoder.compare.table import stat, verdict
 from drencoder.config import Method
-from drencoder.errors import ConfigError
+from drencoder.errors import CheckpointError, ConfigError
 from drencoder.federated import simulator as sim_mod
 from helpers import make_tiny_llama, make_tiny_tokenizer, no_model, tiny_model_and_tokenizer
 
@@ -171,6 +171,27 @@ def test_parallel_runs_write_the_same_runs_as_sequential_ones(tmp_path):
         else:
             assert b["epsilon"]["pld"] <= 8.0 and b["noise_multiplier"] == a["noise_multiplier"]
     assert (tmp_path / "two" / "report.md").exists()
+
+
+def test_a_run_another_process_holds_is_refused(tmp_path):
+    import fcntl
+
+    from drencoder.compare.execute import LOCK
+
+    out = tmp_path / "cmp"
+    run_dir = out / "runs" / "fedavg-lora_seed0"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / LOCK, "a") as held:  # another open file: flock sees another holder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(CheckpointError, match="being run by another process"):
+            run_comparison(
+                spec(methods=("fedavg-lora",), seeds=(0,)), out, progress=False, model_factory=tiny
+            )
+        assert not (run_dir / "config.toml").exists()  # nothing was written into it
+    result = run_comparison(
+        spec(methods=("fedavg-lora",), seeds=(0,)), out, progress=False, model_factory=tiny
+    )
+    assert [r["name"] for r in result["records"]] == ["fedavg-lora_seed0"]
 
 
 def test_a_failed_parallel_run_stops_the_comparison(tmp_path):

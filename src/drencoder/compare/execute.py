@@ -17,10 +17,11 @@ as the sequential loop does; what is reused or resumed is the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -33,6 +34,7 @@ from drencoder.reporting.schema import evals
 
 RECORD = "compare-record.json"
 BASE = "base.json"
+LOCK = ".compare-lock"
 
 ModelFactory = Callable[[], tuple]
 
@@ -150,6 +152,37 @@ def _score_missing(
     return {**data, "tasks": {t: data["tasks"][t] for t in spec.tasks}}
 
 
+@contextlib.contextmanager
+def claimed(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock while this process runs it, or refuse at once.
+
+    Two processes on one run directory would interleave its checkpoints and metrics: a
+    comparison called again while an earlier one (or a worker it left behind when it was
+    killed) is still running refuses that run instead. The lock is an ``flock`` on
+    ``LOCK``, released when its holder ends, however it ends. Without ``fcntl`` (not
+    POSIX) runs are not guarded.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"{run_dir} is being run by another process (an earlier comparison, or a "
+                "worker of one that was stopped, is still running it); wait for it to end "
+                "or stop it, then call the comparison again"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_one(
     planned: PlannedRun,
     run_dir: Path,
@@ -159,6 +192,18 @@ def run_one(
     model_factory: ModelFactory | None,
 ) -> dict:
     """Run (or resume, or reuse) one planned run and score its final adapter."""
+    with claimed(run_dir):
+        return _run_one(planned, run_dir, spec, progress=progress, model_factory=model_factory)
+
+
+def _run_one(
+    planned: PlannedRun,
+    run_dir: Path,
+    spec: CompareSpec,
+    *,
+    progress: bool,
+    model_factory: ModelFactory | None,
+) -> dict:
     from drencoder.federated.simulator import Simulator
 
     record_path = run_dir / RECORD

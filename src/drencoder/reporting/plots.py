@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 
 from drencoder.reporting.schema import MetricsRow, evals, rounds
 
@@ -113,6 +114,10 @@ def plot_comparison(result: dict, out_dir: str | Path) -> dict[str, str]:
         for r in reference:
             ax.axhline(r["metrics"][metric]["mean"], ls="--", c="grey", label=r["method"])
         ax.set_xscale("log")
+        # Ticks at the targets themselves, written as plain numbers (not 2 x 10^0).
+        targets = sorted({r["target_epsilon"] for r in rows} - {None})
+        ax.set_xticks(targets, [f"{e:g}" for e in targets])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel="target epsilon", ylabel=metric, title=f"{metric} vs epsilon")
         ax.grid(alpha=0.3)
     _legend(axes[0][0])
