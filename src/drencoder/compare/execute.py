@@ -12,7 +12,10 @@ adapters and retrains nothing.
 equal share of the CPU cores as torch threads (small models on a CPU train faster as
 several one-thread runs than as one run on every core). A worker receives the spec as
 JSON and the name of its run, plans the grid again and writes the run directory exactly
-as the sequential loop does; what is reused or resumed is the same.
+as the sequential loop does; what is reused or resumed is the same. Workers are spawned,
+not forked, so they inherit no state of the parent, random generators included: each run
+seeds its DP noise from OS entropy (unless ``privacy.reproducible_noise``), as it does
+when run alone.
 """
 
 from __future__ import annotations
