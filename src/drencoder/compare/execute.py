@@ -195,81 +195,73 @@ def run_one(
     model_factory: ModelFactory | None,
 ) -> dict:
     """Run (or resume, or reuse) one planned run and score its final adapter."""
-    with claimed(run_dir):
-        return _run_one(planned, run_dir, spec, progress=progress, model_factory=model_factory)
-
-
-def _run_one(
-    planned: PlannedRun,
-    run_dir: Path,
-    spec: CompareSpec,
-    *,
-    progress: bool,
-    model_factory: ModelFactory | None,
-) -> dict:
     from drencoder.federated.simulator import Simulator
 
-    record_path = run_dir / RECORD
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        return rescore(
-            record, planned, run_dir, spec, progress=progress, model_factory=model_factory
-        )
-    kwargs = {"progress": progress, "model_and_tokenizer": _load(planned, model_factory, progress)}
-    start = time.perf_counter()
-    resumed = (run_dir / "checkpoints" / "latest.json").exists()
-    if resumed:
-        saved = dump_toml(load_config(run_dir / "config.toml"))
-        if saved != dump_toml(planned.config):
-            raise CheckpointError(
-                f"{run_dir} was started with another configuration; remove it to rerun it"
+    with claimed(run_dir):
+        record_path = run_dir / RECORD
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            return rescore(
+                record, planned, run_dir, spec, progress=progress, model_factory=model_factory
             )
-        sim = Simulator.resume(run_dir, **kwargs)
-    else:
-        sim = Simulator(planned.config, run_dir, **kwargs)
-    summary = sim.run()
-    run_seconds = time.perf_counter() - start
-    cfg = planned.config
-    scores, eval_seconds = _score_tasks(
-        sim.model, sim.tokenizer, spec, batch_size=cfg.eval.batch_size, progress=progress
-    )
-    scored = evals(sim.rows)
-    first, last = scored[0], scored[-1]
-    privacy, comm = summary["privacy"], summary["communication"]
-    record = {
-        "name": planned.name,
-        "method": planned.label,
-        "target_epsilon": planned.epsilon,
-        "seed": planned.seed,
-        "task": cfg.data.task.value,
-        "epsilon": privacy.get("epsilon"),
-        "relation": privacy.get("relation"),
-        "delta": privacy.get("delta"),
-        "noise_multiplier": privacy.get("noise_multiplier"),
-        "clip_norm": privacy.get("clip_norm"),
-        "rounds_done": summary["rounds_done"],
-        "stop_reason": summary["stop_reason"],
-        "bytes_per_upload": comm["bytes_per_upload"],
-        "full_bytes": comm["full_bytes"],
-        "latent_dim": comm["latent_dim"],
-        # A simulation diagnostic on raw updates: not covered by epsilon.
-        "reconstruction": (summary.get("not_covered_by_epsilon") or {}).get("reconstruction"),
-        "run_task": {
-            "accuracy": last["accuracy"],
-            "initial_accuracy": first["accuracy"],
-            "heldout_loss": last["heldout_loss"],
-            "initial_heldout_loss": first["heldout_loss"],
-            "n": last["questions"],
-            "shots": cfg.eval.n_shot,
-        },
-        "tasks": scores,
-        "eval_settings": spec.eval_settings(),
-        "wall_seconds": round(run_seconds, 2),
-        "eval_seconds": round(eval_seconds, 2),
-        "resumed": resumed,
-    }
-    _write_json(record_path, record)
-    return record
+        kwargs = {
+            "progress": progress,
+            "model_and_tokenizer": _load(planned, model_factory, progress),
+        }
+        start = time.perf_counter()
+        resumed = (run_dir / "checkpoints" / "latest.json").exists()
+        if resumed:
+            saved = dump_toml(load_config(run_dir / "config.toml"))
+            if saved != dump_toml(planned.config):
+                raise CheckpointError(
+                    f"{run_dir} was started with another configuration; remove it to rerun it"
+                )
+            sim = Simulator.resume(run_dir, **kwargs)
+        else:
+            sim = Simulator(planned.config, run_dir, **kwargs)
+        summary = sim.run()
+        run_seconds = time.perf_counter() - start
+        cfg = planned.config
+        scores, eval_seconds = _score_tasks(
+            sim.model, sim.tokenizer, spec, batch_size=cfg.eval.batch_size, progress=progress
+        )
+        scored = evals(sim.rows)
+        first, last = scored[0], scored[-1]
+        privacy, comm = summary["privacy"], summary["communication"]
+        record = {
+            "name": planned.name,
+            "method": planned.label,
+            "target_epsilon": planned.epsilon,
+            "seed": planned.seed,
+            "task": cfg.data.task.value,
+            "epsilon": privacy.get("epsilon"),
+            "relation": privacy.get("relation"),
+            "delta": privacy.get("delta"),
+            "noise_multiplier": privacy.get("noise_multiplier"),
+            "clip_norm": privacy.get("clip_norm"),
+            "rounds_done": summary["rounds_done"],
+            "stop_reason": summary["stop_reason"],
+            "bytes_per_upload": comm["bytes_per_upload"],
+            "full_bytes": comm["full_bytes"],
+            "latent_dim": comm["latent_dim"],
+            # A simulation diagnostic on raw updates: not covered by epsilon.
+            "reconstruction": (summary.get("not_covered_by_epsilon") or {}).get("reconstruction"),
+            "run_task": {
+                "accuracy": last["accuracy"],
+                "initial_accuracy": first["accuracy"],
+                "heldout_loss": last["heldout_loss"],
+                "initial_heldout_loss": first["heldout_loss"],
+                "n": last["questions"],
+                "shots": cfg.eval.n_shot,
+            },
+            "tasks": scores,
+            "eval_settings": spec.eval_settings(),
+            "wall_seconds": round(run_seconds, 2),
+            "eval_seconds": round(eval_seconds, 2),
+            "resumed": resumed,
+        }
+        _write_json(record_path, record)
+        return record
 
 
 def _cores() -> int:
