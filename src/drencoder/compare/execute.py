@@ -186,6 +186,44 @@ def claimed(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _record(
+    planned: PlannedRun, spec: CompareSpec, summary: dict, scored: list, scores: dict
+) -> dict:
+    """What the comparison keeps of a finished run (``compare-record.json``, less times)."""
+    cfg = planned.config
+    first, last = scored[0], scored[-1]
+    privacy, comm = summary["privacy"], summary["communication"]
+    return {
+        "name": planned.name,
+        "method": planned.label,
+        "target_epsilon": planned.epsilon,
+        "seed": planned.seed,
+        "task": cfg.data.task.value,
+        "epsilon": privacy.get("epsilon"),
+        "relation": privacy.get("relation"),
+        "delta": privacy.get("delta"),
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "clip_norm": privacy.get("clip_norm"),
+        "rounds_done": summary["rounds_done"],
+        "stop_reason": summary["stop_reason"],
+        "bytes_per_upload": comm["bytes_per_upload"],
+        "full_bytes": comm["full_bytes"],
+        "latent_dim": comm["latent_dim"],
+        # A simulation diagnostic on raw updates: not covered by epsilon.
+        "reconstruction": (summary.get("not_covered_by_epsilon") or {}).get("reconstruction"),
+        "run_task": {
+            "accuracy": last["accuracy"],
+            "initial_accuracy": first["accuracy"],
+            "heldout_loss": last["heldout_loss"],
+            "initial_heldout_loss": first["heldout_loss"],
+            "n": last["questions"],
+            "shots": cfg.eval.n_shot,
+        },
+        "tasks": scores,
+        "eval_settings": spec.eval_settings(),
+    }
+
+
 def run_one(
     planned: PlannedRun,
     run_dir: Path,
@@ -221,41 +259,15 @@ def run_one(
             sim = Simulator(planned.config, run_dir, **kwargs)
         summary = sim.run()
         run_seconds = time.perf_counter() - start
-        cfg = planned.config
         scores, eval_seconds = _score_tasks(
-            sim.model, sim.tokenizer, spec, batch_size=cfg.eval.batch_size, progress=progress
+            sim.model,
+            sim.tokenizer,
+            spec,
+            batch_size=planned.config.eval.batch_size,
+            progress=progress,
         )
-        scored = evals(sim.rows)
-        first, last = scored[0], scored[-1]
-        privacy, comm = summary["privacy"], summary["communication"]
         record = {
-            "name": planned.name,
-            "method": planned.label,
-            "target_epsilon": planned.epsilon,
-            "seed": planned.seed,
-            "task": cfg.data.task.value,
-            "epsilon": privacy.get("epsilon"),
-            "relation": privacy.get("relation"),
-            "delta": privacy.get("delta"),
-            "noise_multiplier": privacy.get("noise_multiplier"),
-            "clip_norm": privacy.get("clip_norm"),
-            "rounds_done": summary["rounds_done"],
-            "stop_reason": summary["stop_reason"],
-            "bytes_per_upload": comm["bytes_per_upload"],
-            "full_bytes": comm["full_bytes"],
-            "latent_dim": comm["latent_dim"],
-            # A simulation diagnostic on raw updates: not covered by epsilon.
-            "reconstruction": (summary.get("not_covered_by_epsilon") or {}).get("reconstruction"),
-            "run_task": {
-                "accuracy": last["accuracy"],
-                "initial_accuracy": first["accuracy"],
-                "heldout_loss": last["heldout_loss"],
-                "initial_heldout_loss": first["heldout_loss"],
-                "n": last["questions"],
-                "shots": cfg.eval.n_shot,
-            },
-            "tasks": scores,
-            "eval_settings": spec.eval_settings(),
+            **_record(planned, spec, summary, evals(sim.rows), scores),
             "wall_seconds": round(run_seconds, 2),
             "eval_seconds": round(eval_seconds, 2),
             "resumed": resumed,
