@@ -96,7 +96,7 @@ def tiny_simulator(run_dir, overrides, *, hook=None):
     return Simulator(
         load_config(preset="smoke", overrides=list(overrides)),
         run_dir,
-        model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()),
+        model_and_tokenizer=tiny_model_and_tokenizer(),
         progress=False,
         hook=hook,
     )
@@ -106,9 +106,7 @@ def resume_tiny_simulator(run_dir):
     """``Simulator.resume(run_dir)`` on a fresh tiny model."""
     from drencoder.federated.simulator import Simulator
 
-    return Simulator.resume(
-        run_dir, model_and_tokenizer=(make_tiny_llama(), make_tiny_tokenizer()), progress=False
-    )
+    return Simulator.resume(run_dir, model_and_tokenizer=tiny_model_and_tokenizer(), progress=False)
 
 
 TINY_REVIEWS = (

@@ -12,15 +12,12 @@ from drencoder.compare.table import stat, verdict
 from drencoder.config import Method
 from drencoder.errors import CheckpointError, ConfigError
 from drencoder.federated import simulator as sim_mod
-from helpers import make_tiny_llama, make_tiny_tokenizer, no_model, tiny_model_and_tokenizer
+from helpers import no_model
+from helpers import tiny_model_and_tokenizer as tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore::drencoder.accounting.GdpApproximationWarning")
 
 TINY = ("rounds=2", "clients=3", "local.lr=0.01", "eval.questions=4", "eval.every=0")
-
-
-def tiny():
-    return make_tiny_llama(), make_tiny_tokenizer()
 
 
 def spec(**kw):
@@ -157,9 +154,7 @@ def test_the_spec_survives_its_json():
 def test_parallel_runs_write_the_same_runs_as_sequential_ones(tmp_path):
     grid = spec(methods=("fedavg-lora", "dp-fedavg-lora"), seeds=(0,))
     one = run_comparison(grid, tmp_path / "one", progress=False, model_factory=tiny)
-    two = run_comparison(
-        grid, tmp_path / "two", progress=False, model_factory=tiny_model_and_tokenizer, jobs=2
-    )
+    two = run_comparison(grid, tmp_path / "two", progress=False, model_factory=tiny, jobs=2)
     names = [r["name"] for r in two["records"]]
     assert names == [r["name"] for r in one["records"]]  # in the grid's order
     for name in names:
